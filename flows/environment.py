@@ -1,0 +1,46 @@
+"""Embedded defaults, applied before Prefect or MLflow is imported.
+
+With no server configured, Prefect runs its ephemeral local API with its database under
+``<data-dir>/prefect`` and MLflow uses a SQLite store under ``<data-dir>/mlflow``; any
+``PREFECT_*`` or ``MLFLOW_TRACKING_URI`` the user sets wins, so the same code talks to real
+servers through settings alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "emotion-data"
+
+
+def configure(data_dir: str | os.PathLike | None = None) -> None:
+    """Set the embedded defaults for this process (never overriding the user's settings)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if data_dir is not None and "PREFECT_API_URL" not in os.environ:
+        os.environ.setdefault("PREFECT_HOME", str(Path(data_dir).resolve() / "prefect"))
+    if os.environ.get("PREFECT_HOME"):
+        # the ephemeral server cannot start (and only times out) when its home folder is missing
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    # The ephemeral server logs cancelled event flushes as errors while it shuts down; they are noise.
+    logging.getLogger("prefect.server").setLevel(logging.CRITICAL)
+    logging.getLogger("prefect._internal.concurrency").setLevel(logging.CRITICAL)
+
+
+def mlflow_uri(data_dir: str | os.PathLike, explicit: str | None = None) -> str:
+    """Tracking URI: ``explicit``, else ``MLFLOW_TRACKING_URI``, else SQLite under the data dir."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    folder = Path(data_dir).resolve() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"

@@ -1,0 +1,45 @@
+"""The whole-pipeline flow: compress -> crop -> split (-> train), stopping after ``until``."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from emotion_core.chunks import DEFAULT_CHUNK_SIZE
+from emotion_core.compress import DEFAULT_QUALITY
+from emotion_core.lock import data_dir_lock
+from emotion_core.split import DEFAULT_RATIOS, DEFAULT_SEED
+
+from .environment import DEFAULT_DATA_DIR
+from .stages import compress_flow, crop_flow, split_flow
+
+PIPELINE_STAGES = ("compress", "crop", "split")
+
+
+@flow(name="emotion-pipeline", log_prints=True)
+def emotion_pipeline(
+    input_root: str,
+    data_dir: str = DEFAULT_DATA_DIR,
+    until: str = "split",
+    quality: int = DEFAULT_QUALITY,
+    face_mode: str = "auto",
+    policy: str = "largest",
+    ratios: tuple[float, float, float] = DEFAULT_RATIOS,
+    seed: int = DEFAULT_SEED,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    task_runner: str = "threads",
+    workers: int | None = None,
+    dask_address: str | None = None,
+) -> dict:
+    """Run the stages in order up to and including ``until``; finished chunks are reused."""
+    if until not in PIPELINE_STAGES:
+        raise ValueError(f"unknown stage {until!r}; choose one of {PIPELINE_STAGES}")
+    stop = PIPELINE_STAGES.index(until)
+    runner = {"task_runner": task_runner, "workers": workers, "dask_address": dask_address}
+    out: dict[str, dict] = {}
+    with data_dir_lock(data_dir):
+        out["compress"] = compress_flow(input_root, data_dir, quality=quality, chunk_size=chunk_size, **runner)
+        if stop >= 1:
+            out["crop"] = crop_flow(data_dir, face_mode=face_mode, policy=policy, chunk_size=chunk_size, **runner)
+        if stop >= 2:
+            out["split"] = split_flow(data_dir, ratios=list(ratios), seed=seed)
+    return out

@@ -1,0 +1,1 @@
+"""Realtime client: the registered model from MLflow, live emotion labels on tracked faces."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over ``emotion_core``, one task run per chunk of files."""

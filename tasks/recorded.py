@@ -1,0 +1,32 @@
+"""The shared body of every chunk task: skip a chunk that finished before, else do it and record it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from emotion_core.chunks import ChunkRecords, chunk_key, file_fingerprints
+
+
+def run_recorded(
+    stage: str,
+    data_dir: str,
+    params: dict,
+    input_root: str,
+    chunk: str,
+    paths: Sequence[str],
+    work: Callable[[str], list[dict]],
+) -> dict:
+    """Return ``{"chunk", "cached", "results"}`` for a chunk, from its done-record when one exists.
+
+    ``work`` is called once per path and returns that path's result rows. The record is written
+    only after every path of the chunk is done, so a killed chunk simply runs again.
+    """
+    records = ChunkRecords(data_dir, stage)
+    key = chunk_key(stage, params, file_fingerprints(Path(input_root), paths))
+    stored = records.get(key)
+    if stored is not None:
+        return {"chunk": chunk, "cached": True, "results": stored}
+    results = [row for path in paths for row in work(path)]
+    records.put(key, chunk, results)
+    return {"chunk": chunk, "cached": False, "results": results}
