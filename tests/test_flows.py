@@ -1,0 +1,173 @@
+"""Flow tests: the real Prefect flows on generated trees and on the real datasets."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from emotion_core.manifest import read_manifest
+from flows.pipeline import emotion_pipeline
+from flows.stages import compress_flow, crop_flow
+from tests.conftest import ROOT, jpeg_bytes, photo_with_face
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def by_name(df: pd.DataFrame) -> dict[str, pd.Series]:
+    return {Path(p).name: row for p, (_, row) in zip(df["source_path"], df.iterrows(), strict=True)}
+
+
+def test_pipeline_on_a_tree_with_bad_files(small_tree, tmp_path):
+    data = tmp_path / "data"
+    out = emotion_pipeline(str(small_tree), str(data), until="split", workers=2, chunk_size=4)
+    df, info = read_manifest(data / "manifest.parquet")
+    assert info.labels == ("pleasure", "anger", "neutrality") and info.layout == "aihub" and info.stage == "split"
+    rows = by_name(df)
+    assert len(df) == 13
+    assert rows["잘림 (1).jpg"]["status"] == "corrupt"
+    assert rows["빈 파일 (1).jpg"]["status"] == "empty"
+    assert rows["텍스트 (1).jpg"]["status"] == "not_image"
+    assert rows["얼굴 없음 (1).jpg"]["status"] == "no_face"
+    good = df[df["source_path"].str.contains("사진")]
+    assert (good["status"] == "ok").all() and len(good) == 9
+    assert sorted(good["label"].value_counts().items()) == [("anger", 3), ("neutrality", 3), ("pleasure", 3)]
+    assert good["split"].notna().all() and df.loc[df["status"] != "ok", "split"].isna().all()
+    for face in good["face_path"]:
+        crop = cv2.imread(str(data / "faces" / face), cv2.IMREAD_UNCHANGED)
+        assert crop is not None and crop.ndim == 2
+    assert out["compress"]["status"]["ok"] == 10  # the photo without a face compresses fine
+    assert out["compress"]["bytes_out"] < out["compress"]["bytes_in"]
+    assert not list(data.rglob("*.tmp"))
+
+    again = emotion_pipeline(str(small_tree), str(data), until="split", workers=2, chunk_size=4)
+    assert again["compress"]["chunks_cached"] == again["compress"]["chunks"]
+    assert again["crop"]["chunks_cached"] == again["crop"]["chunks"]
+    pd.testing.assert_frame_equal(read_manifest(data / "manifest.parquet")[0], df)
+
+
+def test_stage_flows_keep_the_manifest_current(small_tree, tmp_path):
+    data = tmp_path / "data"
+    compress_flow(str(small_tree), str(data), workers=2)
+    df, info = read_manifest(data / "manifest.parquet")
+    assert info.stage == "compress" and df["face_path"].isna().all() and not (data / "faces").exists()
+    crop_flow(str(data), face_mode="detect", workers=2)
+    df, info = read_manifest(data / "manifest.parquet")
+    assert info.stage == "crop" and df["faces_found"].notna().sum() == 10 and df["split"].isna().all()
+
+
+def test_yale_faces_are_found_with_boxes_on_the_face(yale, tmp_path):
+    data = tmp_path / "data"
+    emotion_pipeline(str(yale), str(data), until="crop", workers=2)
+    df, _ = read_manifest(data / "manifest.parquet")
+    assert len(df) == 164
+    found = df[df["status"] == "ok"]
+    assert len(found) >= 160
+    # An independent reference: another cascade on the full-resolution original.
+    reference = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    agree = 0
+    for row in found.itertuples():
+        gray = cv2.imread(str(yale / row.source_path), cv2.IMREAD_GRAYSCALE)
+        ref = reference.detectMultiScale(gray, 1.1, 5, minSize=(60, 60))
+        if len(ref):
+            rx, ry, rw, rh = max(ref, key=lambda b: b[2] * b[3])
+            ix = max(0, min(row.face_x + row.face_w, rx + rw) - max(row.face_x, rx))
+            iy = max(0, min(row.face_y + row.face_h, ry + rh) - max(row.face_y, ry))
+            inter = ix * iy
+            agree += inter / (row.face_w * row.face_h + rw * rh - inter) >= 0.5
+    assert agree >= 150, f"only {agree} boxes agree with the reference detector"
+
+
+def fer_sample(fer: Path, dest: Path, n: int) -> dict[str, int]:
+    """Link an n-image stratified sample of FER2013/train into dest/<label>/; returns counts."""
+    classes = sorted(p.name for p in (fer / "train").iterdir() if p.is_dir())
+    files = {c: sorted((fer / "train" / c).glob("*.jpg")) for c in classes}
+    total = sum(len(v) for v in files.values())
+    counts = {}
+    for c in classes:
+        k = max(1, round(n * len(files[c]) / total))
+        (dest / c).mkdir(parents=True)
+        for f in files[c][:k]:
+            (dest / c / f.name).symlink_to(f)
+        counts[c] = k
+    return counts
+
+
+def test_fer2013_sample_through_compress_crop_split(datasets, tmp_path):
+    counts = fer_sample(datasets / "fer2013", tmp_path / "fer", 1000)
+    data = tmp_path / "data"
+    out = emotion_pipeline(str(tmp_path / "fer"), str(data), until="split", face_mode="whole", workers=2)
+    df, info = read_manifest(data / "manifest.parquet")
+    assert info.layout == "folders" and info.labels == tuple(sorted(counts))
+    assert len(df) == sum(counts.values()) and abs(len(df) - 1000) <= 7
+    assert df["label"].value_counts().to_dict() == counts
+    assert (df["label"] == df["source_path"].str.split("/").str[0]).all()
+    usable = df[df["status"] == "ok"]
+    assert len(usable) + out["split"]["status"].get("label_conflict", 0) == len(df)
+    assert ((usable["face_w"] == 48) & (usable["face_h"] == 48)).all()
+    shares = usable["split"].value_counts(normalize=True)
+    assert abs(shares["train"] - 0.8) < 0.02 and abs(shares["val"] - 0.1) < 0.02
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from flows.cli import app
+
+    runner = CliRunner()
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["pipeline", str(tmp_path / "empty"), "-d", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert "no image files found" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["split", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def make_photo_tree(root: Path, yale: Path, n: int) -> None:
+    faces = sorted(yale.glob("*/*.png"))
+    for i in range(n):
+        folder = root / ("기쁨_TRAIN_1", "슬픔_TRAIN_1")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        gray = cv2.imread(str(faces[i % len(faces)]), cv2.IMREAD_GRAYSCALE)
+        photo = photo_with_face(gray, seed=i, size=(960, 1280), scale=3.0)
+        (folder / f"photo ({i}).jpg").write_bytes(jpeg_bytes(photo))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_during", ["compress", "crop"])
+def test_killed_pipeline_resumes_to_the_same_manifest(yale, tmp_path, kill_during):
+    from prefect.settings import PREFECT_API_URL
+
+    source = tmp_path / "input"
+    make_photo_tree(source, yale, 120)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    emotion_pipeline(str(source), str(clean), until="split", chunk_size=16, workers=2)
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "flows", "pipeline", str(source), "-d", str(killed), "--chunk-size", "16",
+           "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    records = killed / "state" / kill_during
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.is_dir() and len(list(records.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(records.glob("*.json")))
+    assert 0 < done_before < 8
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{done_before}/8 chunks reused" in rerun.stdout or kill_during == "compress"
+    pd.testing.assert_frame_equal(read_manifest(killed / "manifest.parquet")[0],
+                                  read_manifest(clean / "manifest.parquet")[0])
+    assert not list(killed.rglob("*.tmp"))
+    faces = sorted(p.relative_to(killed) for p in (killed / "faces").rglob("*.png"))
+    assert faces == sorted(p.relative_to(clean) for p in (clean / "faces").rglob("*.png"))
