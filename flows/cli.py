@@ -27,6 +27,7 @@ class Stage(StrEnum):
     compress = "compress"
     crop = "crop"
     split = "split"
+    train = "train"
 
 
 class FaceMode(StrEnum):
@@ -64,6 +65,11 @@ ChunkSize = Annotated[int, typer.Option(min=1, help="Files per orchestrator task
 RunnerOpt = Annotated[Runner, typer.Option("--task-runner", help="Where chunk tasks run.")]
 Workers = Annotated[int | None, typer.Option(min=1, help="Parallel workers (default: CPU cores).")]
 DaskAddress = Annotated[str | None, typer.Option(help="Scheduler address of an existing Dask cluster.")]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under DATA_DIR/mlflow)."),
+]
+RegisteredName = Annotated[str, typer.Option(help="Registered model name in MLflow.")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -76,10 +82,20 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from emotion_core.discover import InputError
     from emotion_core.lock import DataDirBusy
     from emotion_core.manifest import ManifestError
+    from modelstore import ModelLoadError, TrackingUnavailable
 
     from .runner import StageFailed
 
-    return (InputError, ManifestError, DataDirBusy, StageFailed, ValueError, OSError)
+    return (
+        InputError,
+        ManifestError,
+        DataDirBusy,
+        StageFailed,
+        TrackingUnavailable,
+        ModelLoadError,
+        ValueError,
+        OSError,
+    )
 
 
 def _parse_ratios(text: str) -> list[float]:
@@ -111,6 +127,9 @@ def _run_pipeline(input_root: Path, data_dir: Path, until: Stage, **params) -> N
 def print_results(result: dict, data_dir: Path) -> None:
     """Print each stage's counts and the per-split, per-label table of the manifest."""
     for stage, summary in result.items():
+        if stage == "train":
+            print_training(summary)
+            continue
         status = ", ".join(f"{k}: {v}" for k, v in summary.get("status", {}).items())
         extra = ""
         if stage == "compress" and summary.get("bytes_in"):
@@ -134,6 +153,22 @@ def print_results(result: dict, data_dir: Path) -> None:
         view.add_row(str(label), *(str(int(v)) for v in row))
     console.print(view)
     console.print(f"manifest: {manifest_path(data_dir)}")
+
+
+def print_training(result: dict) -> None:
+    """Print a training's evaluation and where its model was registered."""
+    m = result["metrics"]
+    reused = " (already trained; reused)" if result.get("reused") else ""
+    console.print(
+        f"[bold]train[/]{reused}: {result['model']}, {result['epochs_run']} epochs (best {result['best_epoch']}); "
+        f"{result['eval_split']} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} (n={m['n']})",
+        highlight=False,
+    )
+    console.print(
+        f"registered {result['model_uri']} as @{result['alias']} ({result['promotion']}); "
+        f"MLflow run {result['run_id']} in {result['tracking_uri']}",
+        highlight=False,
+    )
 
 
 def _pipeline_command(default_until: Stage, show_until: bool):
@@ -172,15 +207,107 @@ def _pipeline_command(default_until: Stage, show_until: bool):
 
 
 app.command("pipeline", help="Run the whole pipeline on INPUT_ROOT, stopping after --until; finished work is reused.")(
-    _pipeline_command(Stage.split, show_until=True)
+    _pipeline_command(Stage.train, show_until=True)
 )
 _STAGE_HELP = {
     Stage.compress: "Re-encode every photo as low-quality JPEG into DATA_DIR/compressed.",
     Stage.crop: "Compress (reusing finished work), then write grayscale face crops to DATA_DIR/faces.",
     Stage.split: "Compress and crop (reusing finished work), then assign the train/val/test split.",
 }
-for _stage in Stage:
+for _stage in (Stage.compress, Stage.crop, Stage.split):
     app.command(_stage.value, help=_STAGE_HELP[_stage])(_pipeline_command(_stage, show_until=False))
+
+
+@app.command("train")
+def train_command(
+    data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
+    model: Annotated[str, typer.Option(help="Architecture: vgg_small (default) or seed_cnn.")] = "vgg_small",
+    preset: Annotated[str, typer.Option(help="cpu (about an hour on 2 cores for FER2013), gpu, seed, smoke.")] = "cpu",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Override the preset's batch size.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Override the model's learning rate.")] = None,
+    tracking_uri: TrackingUri = None,
+    registered_name: RegisteredName = "emotion-classifier",
+    retrain: Annotated[bool, typer.Option(help="Train again even if this exact training is registered.")] = False,
+) -> None:
+    """Train a model on DATA_DIR's manifest, log the run to MLflow and register the model."""
+    environment.configure(data_dir)
+    from .train import train_flow
+
+    try:
+        result = train_flow(
+            str(data_dir),
+            model=model,
+            preset=preset,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            tracking_uri=tracking_uri,
+            registered_name=registered_name,
+            retrain=retrain,
+        )
+    except _known_errors() as exc:
+        fail(str(exc))
+    print_training(result)
+    console.print(result["report"], highlight=False)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    data: Annotated[Path, typer.Option(help="Folder-per-class tree of face crops.")],
+    model: Annotated[str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder.")] = (
+        "models:/emotion-classifier@champion"
+    ),
+    label_map: Annotated[str, typer.Option(help="Rename folder labels, e.g. anger=angry,sadness=sad.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a report.")] = False,
+    confusion: Annotated[Path | None, typer.Option(help="Write the confusion matrix image here.")] = None,
+    flip: Annotated[bool, typer.Option(help="Average with horizontally flipped faces.")] = False,
+    data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Evaluate a registered model on any labelled folder of face crops."""
+    import json
+
+    from emotion_core.labels import parse_label_map
+
+    try:
+        mapping = parse_label_map(label_map)
+    except ValueError as exc:
+        fail(str(exc))
+    if not data.is_dir():
+        fail(f"data folder {data} does not exist")
+    environment.configure(data_dir)
+    import modelstore
+    from emotion_core.evaluate import compute_metrics, load_labelled_faces, plot_confusion, predict_probs
+
+    try:
+        modelstore.configure(environment.mlflow_uri(data_dir, tracking_uri))
+        loaded = modelstore.load_model(model, Path(data_dir) / "mlflow" / "model-cache")
+        faces = load_labelled_faces(data, loaded.labels, mapping, loaded.input_size)
+    except _known_errors() as exc:
+        fail(str(exc))
+    if not len(faces.x):
+        fail(f"no images in {data} have a label the model knows ({', '.join(loaded.labels)}); use --label-map")
+    metrics = compute_metrics(faces.y, predict_probs(loaded.model, faces.x, flip_average=flip).argmax(1), loaded.labels)
+    if confusion:
+        plot_confusion(metrics, confusion, title=f"{loaded.name} v{loaded.version} on {data.name}")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    **metrics.as_dict(),
+                    "skipped_labels": faces.skipped_labels,
+                    "unreadable": faces.unreadable,
+                    "model": f"{loaded.name}/{loaded.version}",
+                }
+            )
+        )
+        return
+    source = " (from the local cache: tracking server unreachable)" if loaded.from_cache else ""
+    console.print(f"model {loaded.name} v{loaded.version}{source}; labels: {', '.join(loaded.labels)}", highlight=False)
+    for label, n in faces.skipped_labels.items():
+        console.print(f"skipped {n} images labelled {label!r}: the model does not know that label", highlight=False)
+    console.print(metrics.report(), highlight=False)
 
 
 def main() -> None:

@@ -7,19 +7,21 @@ from prefect import flow
 from emotion_core.chunks import DEFAULT_CHUNK_SIZE
 from emotion_core.compress import DEFAULT_QUALITY
 from emotion_core.lock import data_dir_lock
+from emotion_core.models import DEFAULT_MODEL
 from emotion_core.split import DEFAULT_RATIOS, DEFAULT_SEED
 
 from .environment import DEFAULT_DATA_DIR
 from .stages import compress_flow, crop_flow, split_flow
+from .train import train_flow
 
-PIPELINE_STAGES = ("compress", "crop", "split")
+PIPELINE_STAGES = ("compress", "crop", "split", "train")
 
 
 @flow(name="emotion-pipeline", log_prints=True)
 def emotion_pipeline(
     input_root: str,
     data_dir: str = DEFAULT_DATA_DIR,
-    until: str = "split",
+    until: str = "train",
     quality: int = DEFAULT_QUALITY,
     face_mode: str = "auto",
     policy: str = "largest",
@@ -29,6 +31,11 @@ def emotion_pipeline(
     task_runner: str = "threads",
     workers: int | None = None,
     dask_address: str | None = None,
+    model: str = DEFAULT_MODEL,
+    preset: str = "cpu",
+    epochs: int | None = None,
+    tracking_uri: str | None = None,
+    registered_name: str = "emotion-classifier",
 ) -> dict:
     """Run the stages in order up to and including ``until``; finished chunks are reused."""
     if until not in PIPELINE_STAGES:
@@ -42,4 +49,13 @@ def emotion_pipeline(
             out["crop"] = crop_flow(data_dir, face_mode=face_mode, policy=policy, chunk_size=chunk_size, **runner)
         if stop >= 2:
             out["split"] = split_flow(data_dir, ratios=list(ratios), seed=seed)
+        if stop >= 3:
+            out["train"] = train_flow(
+                data_dir,
+                model=model,
+                preset=preset,
+                epochs=epochs,
+                tracking_uri=tracking_uri,
+                registered_name=registered_name,
+            )
     return out

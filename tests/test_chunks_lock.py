@@ -64,10 +64,15 @@ def test_lock_is_reentrant_and_excludes_other_processes(tmp_path):
 
 def test_lock_released_when_holder_is_killed(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from emotion_core.lock import data_dir_lock\n"
-         "with data_dir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from emotion_core.lock import data_dir_lock\n"
+            "with data_dir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(DataDirBusy):

@@ -40,9 +40,7 @@ def test_compress_file_reencodes_smaller_and_keeps_source(tmp_path):
     assert {**again.to_dict(), "skipped": False} == result.to_dict()  # same row as a fresh run
 
 
-@pytest.mark.parametrize(
-    "data, status", [(b"", "empty"), (b"text\n", "not_image"), (None, "missing")]
-)
+@pytest.mark.parametrize("data, status", [(b"", "empty"), (b"text\n", "not_image"), (None, "missing")])
 def test_compress_file_records_bad_input(tmp_path, data, status):
     if data is not None:
         (tmp_path / "c").mkdir()

@@ -148,8 +148,19 @@ def test_killed_pipeline_resumes_to_the_same_manifest(yale, tmp_path, kill_durin
     emotion_pipeline(str(source), str(clean), until="split", chunk_size=16, workers=2)
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "flows", "pipeline", str(source), "-d", str(killed), "--chunk-size", "16",
-           "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows",
+        "pipeline",
+        str(source),
+        "-d",
+        str(killed),
+        "--chunk-size",
+        "16",
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     records = killed / "state" / kill_during
     deadline = time.monotonic() + 120
@@ -166,8 +177,9 @@ def test_killed_pipeline_resumes_to_the_same_manifest(yale, tmp_path, kill_durin
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{done_before}/8 chunks reused" in rerun.stdout or kill_during == "compress"
-    pd.testing.assert_frame_equal(read_manifest(killed / "manifest.parquet")[0],
-                                  read_manifest(clean / "manifest.parquet")[0])
+    pd.testing.assert_frame_equal(
+        read_manifest(killed / "manifest.parquet")[0], read_manifest(clean / "manifest.parquet")[0]
+    )
     assert not list(killed.rglob("*.tmp"))
     faces = sorted(p.relative_to(killed) for p in (killed / "faces").rglob("*.png"))
     assert faces == sorted(p.relative_to(clean) for p in (clean / "faces").rglob("*.png"))

@@ -21,11 +21,21 @@ def rows(n_per_label=50, labels=("happy", "sad")):
     out = []
     for label in labels:
         for i in range(n_per_label):
-            out.append({
-                "id": f"{label}{i:04d}", "source_path": f"{label}/{i}.jpg", "label": label,
-                "compressed_path": f"{label}/{i}.jpg", "face_path": f"{label}/{i}.png",
-                "face_x": 1, "face_y": 2, "face_w": 30, "face_h": 30, "faces_found": 1, "status": "ok",
-            })
+            out.append(
+                {
+                    "id": f"{label}{i:04d}",
+                    "source_path": f"{label}/{i}.jpg",
+                    "label": label,
+                    "compressed_path": f"{label}/{i}.jpg",
+                    "face_path": f"{label}/{i}.png",
+                    "face_x": 1,
+                    "face_y": 2,
+                    "face_w": 30,
+                    "face_h": 30,
+                    "faces_found": 1,
+                    "status": "ok",
+                }
+            )
     return from_records(out)
 
 
@@ -40,8 +50,10 @@ def test_roundtrip_keeps_schema_metadata_and_nullable_ints(tmp_path):
     assert len(back) == 6 and list(back["source_path"]) == sorted(back["source_path"])
 
 
-@pytest.mark.parametrize("column, value", [("face_path", "../../etc/passwd"), ("compressed_path", "/abs/x.jpg"),
-                                           ("source_path", "a/../../x.jpg")])
+@pytest.mark.parametrize(
+    "column, value",
+    [("face_path", "../../etc/passwd"), ("compressed_path", "/abs/x.jpg"), ("source_path", "a/../../x.jpg")],
+)
 def test_paths_escaping_the_data_dir_are_refused(tmp_path, column, value):
     df = rows(2)
     df.loc[1, column] = value

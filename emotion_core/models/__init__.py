@@ -1,0 +1,55 @@
+"""Model architectures, selected by name. Add one with :func:`register`.
+
+Every model takes float32 (N, 48, 48, 1) pixels in 0-255 (it rescales them itself) and returns
+class probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "vgg_small"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A builder ``(input_size, n_classes) -> keras.Model`` and its optimiser defaults."""
+
+    build: Callable
+    learning_rate: float
+    lr_factor: float
+    lr_patience: int
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(name: str, *, learning_rate: float = 1e-3, lr_factor: float = 0.5, lr_patience: int = 3):
+    """Decorator adding a model builder and its optimiser defaults to the registry."""
+
+    def wrap(builder: Callable) -> Callable:
+        MODELS[name] = ModelSpec(builder, learning_rate, lr_factor, lr_patience)
+        return builder
+
+    return wrap
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The named model's spec; raises ValueError listing the known names."""
+    from . import architectures  # noqa: F401  (registers the built-in models)
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(name: str, input_size: int, n_classes: int):
+    """Build the named model; raises ValueError listing the known names."""
+    return model_spec(name).build(input_size, n_classes)
+
+
+def model_names() -> list[str]:
+    from . import architectures  # noqa: F401
+
+    return sorted(MODELS)

@@ -1,0 +1,56 @@
+"""The built-in architectures."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from . import register
+
+
+def _inputs(input_size: int):
+    inputs = keras.Input((input_size, input_size, 1), name="face")
+    return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+
+
+@register("seed_cnn", learning_rate=5e-4, lr_factor=0.1, lr_patience=2)
+def seed_cnn(input_size: int, n_classes: int) -> keras.Model:
+    """The seed's network, layer for layer: conv 64/128/512/512 (kernels 3/5/3/3) with BatchNorm,
+    ReLU, max-pool and dropout 0.25; dense 256 and 512 with BatchNorm and dropout; softmax."""
+    inputs, x = _inputs(input_size)
+    for filters, kernel in ((64, 3), (128, 5), (512, 3), (512, 3)):
+        x = layers.Conv2D(filters, kernel, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(0.25)(x)
+    x = layers.Flatten()(x)
+    for units in (256, 512):
+        x = layers.Dense(units)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Dropout(0.25)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+@register("vgg_small")
+def vgg_small(input_size: int, n_classes: int) -> keras.Model:
+    """The default: a compact VGG-style network (3x3 conv pairs 32/64/128 with BatchNorm, global
+    average pooling, one dense layer). About a third of ``seed_cnn``'s multiply-adds per face."""
+    inputs, x = _inputs(input_size)
+    for filters, drop in ((32, 0.1), (64, 0.2), (128, 0.3)):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(drop)(x)
+    x = layers.Conv2D(256, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.4)(x)
+    x = layers.Dense(128, activation="relu")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="vgg_small")

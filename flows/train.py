@@ -1,0 +1,213 @@
+"""The train stage: manifest -> packed faces -> Keras model -> MLflow run -> registered version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from emotion_core.dataset import DEFAULT_SIZE, PackedFaces, pack_faces
+from emotion_core.imageio import atomic_write
+from emotion_core.lock import data_dir_lock
+from emotion_core.manifest import read_manifest
+from emotion_core.models import DEFAULT_MODEL
+from emotion_core.train import PRESETS, TrainConfig, TrainOutcome, check_trainable, train
+
+from .environment import DEFAULT_DATA_DIR, mlflow_uri
+from .stages import manifest_path
+
+DONE_NAME = "registered.json"
+
+
+def training_config(
+    preset: str, model: str | None, epochs: int | None, batch_size: int | None, learning_rate: float | None
+) -> TrainConfig:
+    """A preset with the given overrides applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    overrides = {"model": model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+    config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ValueError("epochs and batch size must be at least 1")
+    return config.resolved()
+
+
+@task(name="pack-faces", cache_policy=NO_CACHE)
+def pack_task(data_dir: str, size: int) -> PackedFaces:
+    """Pack the manifest's face crops into the uint8 cache (reused while the manifest is unchanged)."""
+    df, info = read_manifest(manifest_path(data_dir))
+    packed = pack_faces(df, info.labels, data_dir, size)
+    get_run_logger().info("packed faces %s: %s", packed.key, packed.counts())
+    return packed
+
+
+@task(name="fit", cache_policy=NO_CACHE)
+def fit_task(packed: PackedFaces, config: TrainConfig, work_dir: str, run_id: str) -> TrainOutcome:
+    """Train with per-epoch metrics streamed to the MLflow run; resumes from the last finished epoch."""
+    import mlflow
+
+    from modelstore.runs import EpochLogger
+
+    with mlflow.start_run(run_id=run_id):
+        outcome = train(packed, config, work_dir, callbacks=[EpochLogger()])
+    if outcome.resumed_from_epoch:
+        get_run_logger().info("resumed training after epoch %d", outcome.resumed_from_epoch)
+    return outcome
+
+
+@task(name="evaluate-and-register", cache_policy=NO_CACHE)
+def register_task(
+    packed: PackedFaces, outcome: TrainOutcome, config: TrainConfig, run_id: str, registered_name: str, cache_dir: str
+) -> dict:
+    """Evaluate on the test split, log metrics and report images, log and register the model, set its alias."""
+    import mlflow
+
+    from emotion_core.evaluate import compute_metrics, plot_confusion, plot_history, predict_probs
+    from modelstore import ModelLoadError, load_model
+    from modelstore.runs import log_model, log_report_files, promote
+
+    split = "test" if packed.counts()["test"] else "val" if packed.counts()["val"] else "train"
+    x_eval, y_eval = packed.part(split)
+    model = outcome.model
+    metrics = compute_metrics(y_eval, predict_probs(model, x_eval).argmax(1), packed.labels)
+    x_train, y_train = packed.part("train")
+    sample = slice(0, min(len(x_train), 2000))
+    train_sample = compute_metrics(y_train[sample], predict_probs(model, x_train[sample]).argmax(1), packed.labels)
+
+    def champion_score(uri: str) -> float | None:
+        try:
+            champion = load_model(uri, cache_dir)
+        except ModelLoadError:
+            return None
+        if champion.labels != packed.labels or champion.input_size != config.input_size:
+            return None
+        return compute_metrics(y_eval, predict_probs(champion.model, x_eval).argmax(1), packed.labels).macro_f1
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(
+            {
+                f"{split}_accuracy": metrics.accuracy,
+                f"{split}_macro_f1": metrics.macro_f1,
+                **{f"{split}_recall_{label}": r for label, r in metrics.per_class_recall.items()},
+                "train_sample_inference_accuracy": train_sample.accuracy,
+                "best_epoch": outcome.best_epoch,
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            report = Path(tmp)
+            plot_confusion(metrics, report / "confusion_matrix.png", title=f"{split} split")
+            plot_history(outcome.history, report / "training_curves.png")
+            (report / "classification_report.txt").write_text(metrics.report() + "\n")
+            (report / "label_map.json").write_text(json.dumps(dict(enumerate(packed.labels)), ensure_ascii=False))
+            log_report_files(report)
+        version = log_model(model, packed.labels, config.input_size, x_train[..., None], registered_name)
+        registration = promote(registered_name, version, metrics.macro_f1, packed.labels, champion_score)
+        mlflow.set_tags(
+            {
+                "registered_model": registered_name,
+                "registered_version": version,
+                "alias": registration.alias,
+                "promotion": registration.reason,
+            }
+        )
+    return {
+        "stage": "train",
+        "run_id": run_id,
+        "model": config.model,
+        "eval_split": split,
+        "metrics": metrics.as_dict(),
+        "train_sample_inference_accuracy": train_sample.accuracy,
+        "best_epoch": outcome.best_epoch,
+        "epochs_run": len(outcome.history.get("loss", [])),
+        "registered_model": registered_name,
+        "version": version,
+        "alias": registration.alias,
+        "promotion": registration.reason,
+        "model_uri": f"models:/{registered_name}/{version}",
+        "report": metrics.report(),
+    }
+
+
+def _start_or_resume_run(
+    work_dir: Path,
+    experiment_id: str,
+    config: TrainConfig,
+    packed: PackedFaces,
+    labels: tuple[str, ...],
+    manifest_key: str,
+) -> str:
+    import mlflow
+
+    from modelstore.runs import package_versions
+
+    marker = work_dir / "mlflow_run_id"
+    if marker.is_file():
+        return marker.read_text().strip()
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=f"{config.model}-{work_dir.name[:8]}")
+    run_id = run.info.run_id
+    params = {
+        **{k: v for k, v in asdict(config).items()},
+        "labels": ",".join(labels),
+        "n_classes": len(labels),
+        "manifest_hash": manifest_key,
+        **{f"n_{split}": n for split, n in packed.counts().items()},
+        **package_versions(),
+    }
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run_id)
+    return run_id
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    data_dir: str = DEFAULT_DATA_DIR,
+    model: str = DEFAULT_MODEL,
+    preset: str = "cpu",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    tracking_uri: str | None = None,
+    registered_name: str = "emotion-classifier",
+    experiment: str = "emotion-pipeline",
+    retrain: bool = False,
+) -> dict:
+    """Stage 4: train a model on the manifest's train split, log the run to MLflow and register the model.
+
+    A training whose data and parameters are unchanged is not repeated (its registration is
+    returned) unless ``retrain``; an interrupted one resumes from its last finished epoch.
+    """
+    import modelstore
+
+    config = training_config(preset, model, epochs, batch_size, learning_rate)
+    uri = modelstore.configure(mlflow_uri(data_dir, tracking_uri))
+    local_store = uri.startswith("sqlite:")
+    with data_dir_lock(data_dir):
+        packed = pack_task(str(data_dir), DEFAULT_SIZE if config.input_size == DEFAULT_SIZE else config.input_size)
+        check_trainable(packed)
+        work_dir = Path(data_dir) / "training" / config.key(packed.key)
+        done = work_dir / DONE_NAME
+        if done.is_file() and not retrain:
+            result = json.loads(done.read_text())
+            get_run_logger().info("this training is already registered as %s", result["model_uri"])
+            return {**result, "reused": True}
+        if retrain and work_dir.exists():
+            shutil.rmtree(work_dir)
+        artifacts = Path(data_dir).resolve() / "mlflow" / "artifacts" if local_store else None
+        experiment_id = modelstore.ensure_experiment(experiment, artifacts)
+        run_id = _start_or_resume_run(work_dir, experiment_id, config, packed, packed.labels, packed.key)
+        outcome = fit_task(packed, config, str(work_dir), run_id)
+        result = register_task(
+            packed, outcome, config, run_id, registered_name, str(Path(data_dir) / "mlflow" / "model-cache")
+        )
+        result["tracking_uri"] = uri
+        atomic_write(done, json.dumps(result).encode())
+        shutil.rmtree(work_dir / "backup", ignore_errors=True)
+    return {**result, "reused": False}

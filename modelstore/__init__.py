@@ -1,0 +1,16 @@
+"""MLflow glue shared by the training flow, ``emotion evaluate`` and the realtime client:
+tracking setup, run logging, registration with champion/challenger aliases, and loading a
+registered model (with its label set) through a local cache. Imports no Prefect."""
+
+from .loading import LoadedModel, ModelLoadError, load_model, parse_model_uri
+from .tracking import TrackingUnavailable, configure, ensure_experiment
+
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "TrackingUnavailable",
+    "configure",
+    "ensure_experiment",
+    "load_model",
+    "parse_model_uri",
+]

@@ -1,0 +1,42 @@
+"""Tracking-server setup: embedded SQLite by default, any MLflow server by URI."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+
+DEFAULT_EXPERIMENT = "emotion-pipeline"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached."""
+
+
+def configure(tracking_uri: str) -> str:
+    """Point MLflow (tracking and registry) at ``tracking_uri``; check an HTTP server answers."""
+    if tracking_uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=5) as reply:
+                if reply.status != 200:
+                    raise TrackingUnavailable(f"MLflow server at {tracking_uri} answered HTTP {reply.status}")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingUnavailable(f"cannot reach the MLflow tracking server at {tracking_uri}: {reason}") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return tracking_uri
+
+
+def ensure_experiment(name: str = DEFAULT_EXPERIMENT, artifact_root: Path | None = None) -> str:
+    """The id of experiment ``name``, created with artifacts under ``artifact_root`` (local stores)."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    return client.create_experiment(name, artifact_location=location)

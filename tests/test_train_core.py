@@ -1,0 +1,138 @@
+"""Training library tests: metrics, packing, models, the train loop, resume and the inference guard."""
+
+import numpy as np
+import pytest
+
+from emotion_core.dataset import PackedFaces, class_weights, pack_faces, preprocess_face
+from emotion_core.evaluate import compute_metrics, predict_probs
+from emotion_core.imageio import ImageError
+from emotion_core.manifest import from_records
+from emotion_core.models import build_model, model_names
+from emotion_core.train import EmptyTrainingData, TrainConfig, check_trainable, train
+
+
+def test_compute_metrics_against_hand_counts():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 1, 0])
+    m = compute_metrics(y_true, y_pred, ("a", "b", "c"))
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.per_class_recall == pytest.approx({"a": 2 / 3, "b": 1.0, "c": 0.0})
+    # F1: a = 2*(2/3*2/3)/(4/3) = 2/3; b = 2*(2/3*1)/(5/3) = 0.8; c = 0
+    assert m.macro_f1 == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+    assert m.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert "macro-F1" in m.report()
+
+
+def test_class_weights_balance_rare_classes():
+    w = class_weights(np.array([0] * 90 + [1] * 10), 3)
+    assert w[1] == pytest.approx(9 * w[0]) and w[2] == 1.0
+
+
+def test_preprocess_face_sizes_and_colour():
+    assert preprocess_face(np.zeros((120, 90), np.uint8)).shape == (48, 48)
+    assert preprocess_face(np.zeros((20, 20, 3), np.uint8)).shape == (48, 48)
+    same = np.arange(48 * 48, dtype=np.uint8).reshape(48, 48)
+    assert (preprocess_face(same) == same).all()
+
+
+def test_model_registry():
+    assert {"seed_cnn", "vgg_small"} <= set(model_names())
+    seed = build_model("seed_cnn", 48, 7)
+    assert seed.count_params() == 4_478_727  # the seed's architecture, layer for layer
+    kernels = [layer.kernel_size for layer in seed.layers if layer.__class__.__name__ == "Conv2D"]
+    assert kernels == [(3, 3), (5, 5), (3, 3), (3, 3)]
+    assert build_model("vgg_small", 48, 7).count_params() < seed.count_params() / 5
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet9000", 48, 7)
+
+
+def stripes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An easy two-class task: horizontal vs vertical stripes with noise and random phase."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(np.int32)
+    grid = np.arange(48)
+    x = np.empty((n, 48, 48), np.uint8)
+    for i in range(n):
+        wave = 127 + 100 * np.sin(grid / 3.0 + rng.uniform(0, 6.28))
+        img = np.tile(wave, (48, 1)) if y[i] else np.tile(wave[:, None], (1, 48))
+        x[i] = np.clip(img + rng.normal(0, 20, (48, 48)), 0, 255)
+    return x, y
+
+
+def packed_stripes(n_train=384, n_val=64) -> PackedFaces:
+    x, y = stripes(n_train + n_val)
+    split = np.array(["train"] * n_train + ["val"] * n_val)
+    return PackedFaces(x, y, split, ("horizontal", "vertical"), "stripes")
+
+
+def test_training_learns_and_inference_matches_training(tmp_path):
+    packed = packed_stripes()
+    config = TrainConfig(epochs=4, batch_size=32, patience=10)
+    outcome = train(packed, config, tmp_path / "work")
+    x_train, y_train = packed.part("train")
+    probs = predict_probs(outcome.model, x_train)
+    inference_acc = float((probs.argmax(1) == y_train).mean())
+    reported = outcome.history["accuracy"][outcome.best_epoch - 1]
+    assert reported > 0.8, outcome.history
+    # Guard against a train/inference mismatch (double rescaling, BatchNorm statistics, precision):
+    assert inference_acc >= reported - 0.1
+    x_val, y_val = packed.part("val")
+    keras_acc = outcome.model.evaluate(x_val[..., None].astype("float32"), y_val, verbose=0, return_dict=True)
+    ours = float((predict_probs(outcome.model, x_val).argmax(1) == y_val).mean())
+    assert ours == pytest.approx(keras_acc["accuracy"], abs=1e-6)
+    assert probs.dtype == np.float32
+    again = train(packed, config, tmp_path / "work")  # finished work is not repeated
+    assert np.allclose(predict_probs(again.model, x_val), predict_probs(outcome.model, x_val), atol=1e-6)
+
+
+def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
+    import keras
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("simulated crash after epoch 2")
+
+    packed = packed_stripes(128, 32)
+    config = TrainConfig(epochs=4, batch_size=32, patience=10)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(packed, config, tmp_path / "work", callbacks=[Crash()])
+    outcome = train(packed, config, tmp_path / "work")
+    assert outcome.resumed_from_epoch == 2
+    assert len(outcome.history["loss"]) == 4  # epochs 1-2 before the crash, 3-4 after it
+
+
+def test_untrainable_data_is_refused():
+    x, y = stripes(10)
+    with pytest.raises(EmptyTrainingData, match="no usable training rows"):
+        check_trainable(PackedFaces(x, y, np.array(["val"] * 10), ("a", "b"), "k"))
+    with pytest.raises(EmptyTrainingData, match="two classes"):
+        check_trainable(PackedFaces(x, np.zeros(10, np.int32), np.array(["train"] * 10), ("a", "b"), "k"))
+
+
+def test_pack_faces_is_cached_by_manifest_content(tmp_path):
+    import cv2
+
+    rows = []
+    for i in range(6):
+        (tmp_path / "faces" / "a").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "faces" / "a" / f"{i}.png"), np.full((60, 50), i * 40, np.uint8))
+        rows.append(
+            {
+                "id": str(i),
+                "source_path": f"a/{i}.jpg",
+                "label": "x" if i % 2 else "y",
+                "face_path": f"a/{i}.png",
+                "status": "ok",
+                "split": "train" if i < 4 else "test",
+            }
+        )
+    df = from_records(rows)
+    first = pack_faces(df, ("x", "y"), tmp_path)
+    assert first.x.shape == (6, 48, 48) and first.counts() == {"train": 4, "val": 0, "test": 2}
+    (tmp_path / "faces" / "a" / "0.png").unlink()  # the cache no longer needs the crops
+    second = pack_faces(df, ("x", "y"), tmp_path)
+    assert second.key == first.key and (second.x == first.x).all()
+    df.loc[1, "split"] = "val"
+    with pytest.raises(ImageError, match="file not found"):
+        pack_faces(df, ("x", "y"), tmp_path)  # changed manifest: rebuilt, and the missing crop shows

@@ -1,0 +1,165 @@
+"""The train flow against a real MLflow store: run contents, registry, aliases, loading elsewhere."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flows.pipeline import emotion_pipeline
+from flows.train import train_flow
+from tests.conftest import ROOT
+from tests.test_flows import fer_sample
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def fer_data(datasets, tmp_path_factory):
+    """A 700-image FER2013 sample taken through compress -> crop -> split."""
+    base = tmp_path_factory.mktemp("fer")
+    fer_sample(datasets / "fer2013", base / "input", 700)
+    data = base / "data"
+    emotion_pipeline(str(base / "input"), str(data), until="split", face_mode="whole", workers=2)
+    return data
+
+
+def test_training_logs_registers_and_loads_elsewhere(fer_data):
+    result = train_flow(str(fer_data), preset="smoke", epochs=2)
+    assert result["alias"] == "champion" and result["version"] == "1" and result["epochs_run"] == 2
+    client = mlflow.MlflowClient()
+    run = client.get_run(result["run_id"])
+    params, metrics = run.data.params, run.data.metrics
+    assert params["model"] == "vgg_small" and params["labels"].split(",")[0] == "angry"
+    assert params["manifest_hash"] and int(params["n_train"]) > 500 and "version.keras" in params
+    assert {"test_accuracy", "test_macro_f1", "test_recall_disgust", "val_loss", "loss"} <= set(metrics)
+    assert [m.step for m in client.get_metric_history(result["run_id"], "loss")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "report")}
+    assert artifacts == {
+        "report/confusion_matrix.png",
+        "report/training_curves.png",
+        "report/classification_report.txt",
+        "report/label_map.json",
+    }
+    model_files = {a.path for a in client.list_artifacts(result["run_id"], "model")}
+    assert {"model/MLmodel", "model/input_example.json", "model/data"} <= model_files
+    assert str(client.get_model_version_by_alias("emotion-classifier", "champion").version) == "1"
+
+    # Unchanged data and parameters: the registered training is reused, not repeated.
+    assert train_flow(str(fer_data), preset="smoke", epochs=2)["reused"] is True
+
+    # A second training is compared with the champion on the same test data.
+    second = train_flow(str(fer_data), preset="smoke", epochs=2, retrain=True)
+    assert second["version"] == "2" and second["alias"] in ("champion", "challenger")
+    expected = "2" if second["alias"] == "champion" else "1"
+    assert str(client.get_model_version_by_alias("emotion-classifier", "champion").version) == expected
+    assert ("beats" in second["promotion"]) == (second["alias"] == "champion")
+
+    # Another process loads the champion by alias and gets the same labels and predictions.
+    from emotion_core.dataset import pack_faces
+    from emotion_core.evaluate import predict_probs
+    from emotion_core.manifest import read_manifest
+    from modelstore import load_model
+
+    df, info = read_manifest(fer_data / "manifest.parquet")
+    x_test, _ = pack_faces(df, info.labels, fer_data).part("test")
+    here = load_model("models:/emotion-classifier@champion", fer_data / "mlflow" / "model-cache")
+    np.save(fer_data / "x_test.npy", x_test[:16])
+    code = (
+        "import json, sys, numpy as np\n"
+        "from flows import environment\n"
+        "import modelstore\n"
+        "from emotion_core.evaluate import predict_probs\n"
+        "d = sys.argv[1]\n"
+        "modelstore.configure(environment.mlflow_uri(d))\n"
+        "m = modelstore.load_model('models:/emotion-classifier@champion', d + '/other-cache')\n"
+        "p = predict_probs(m.model, np.load(d + '/x_test.npy'))\n"
+        "print(json.dumps({'labels': m.labels, 'version': m.version, 'probs': p.tolist()}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(fer_data)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    other = json.loads(out.stdout.strip().splitlines()[-1])
+    assert tuple(other["labels"]) == here.labels == info.labels and other["version"] == expected
+    assert np.allclose(other["probs"], predict_probs(here.model, x_test[:16]), atol=1e-5)
+
+
+def test_evaluate_command_on_a_labelled_folder(fer_data, datasets, tmp_path):
+    from flows.cli import app
+
+    if not (fer_data / "training").exists():
+        train_flow(str(fer_data), preset="smoke", epochs=1)
+    source = datasets / "fer2013" / "public_test"
+    for label in ("happy", "sad", "angry"):
+        (tmp_path / label).mkdir()
+        for f in sorted((source / label).glob("*.jpg"))[:20]:
+            (tmp_path / label / f.name).symlink_to(f)
+    (tmp_path / "anger").mkdir()  # a label the model does not know until it is mapped
+    for f in sorted((source / "angry").glob("*.jpg"))[20:25]:
+        (tmp_path / "anger" / f.name).symlink_to(f)
+    (tmp_path / "joy").mkdir()
+    (tmp_path / "joy" / "x.jpg").symlink_to(sorted((source / "happy").glob("*.jpg"))[0])
+    runner = CliRunner()
+    args = [
+        "evaluate",
+        "--data",
+        str(tmp_path),
+        "--data-dir",
+        str(fer_data),
+        "--json",
+        "--label-map",
+        "anger=angry",
+        "--confusion",
+        str(tmp_path / "cm.png"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["n"] == 65 and report["skipped_labels"] == {"joy": 1}
+    assert set(report) >= {"accuracy", "macro_f1", "per_class_recall", "n", "skipped_labels"}
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+    missing = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path),
+            "--data-dir",
+            str(fer_data),
+            "--model",
+            "models:/emotion-classifier@nosuchalias",
+        ],
+    )
+    assert missing.exit_code == 2 and "no registered model" in missing.output
+
+
+def test_training_bad_input_is_one_line(tmp_path, fer_data):
+    from flows.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "no manifest" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["train", "--data-dir", str(fer_data), "--tracking-uri", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "cannot reach the MLflow tracking server" in result.output
+    result = runner.invoke(app, ["train", "--data-dir", str(fer_data), "--model", "nope"])
+    assert result.exit_code == 2 and "unknown model" in result.output
+
+
+def test_manifest_without_training_rows_is_refused(tmp_path):
+    from emotion_core.manifest import ManifestInfo, from_records, write_manifest
+    from flows.cli import app
+
+    rows = [
+        {"id": "1", "source_path": "a/1.jpg", "label": "a", "status": "no_face"},
+        {"id": "2", "source_path": "b/2.jpg", "label": "b", "status": "corrupt"},
+    ]
+    write_manifest(
+        from_records(rows), Path(tmp_path) / "manifest.parquet", ManifestInfo(("a", "b"), "folders", "split", "/x")
+    )
+    result = CliRunner().invoke(app, ["train", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "no usable training rows" in result.output
