@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import PackedFaces, class_weights, make_tf_dataset
-from .models import DEFAULT_MODEL, build_model, model_spec
+from .models import DEFAULT_MODEL, architecture_fingerprint, build_model, model_spec
 
 FINAL_NAME = "final.keras"
 
@@ -35,7 +35,7 @@ class TrainConfig:
         return self if self.learning_rate else replace(self, learning_rate=spec.learning_rate)
 
     def key(self, data_key: str) -> str:
-        payload = json.dumps([asdict(self.resolved()), data_key], sort_keys=True)
+        payload = json.dumps([asdict(self.resolved()), data_key, architecture_fingerprint(self.model)], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -44,6 +44,7 @@ PRESETS: dict[str, TrainConfig] = {
     "cpu": TrainConfig(epochs=30, batch_size=64, patience=8),
     "gpu": TrainConfig(epochs=100, batch_size=128, patience=15),
     "seed": TrainConfig(model="seed_cnn", epochs=15, batch_size=64, patience=15),
+    "demo": TrainConfig(epochs=20, batch_size=32, patience=10),
     "smoke": TrainConfig(epochs=1, batch_size=32),
 }
 

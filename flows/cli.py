@@ -187,11 +187,28 @@ def _pipeline_command(default_until: Stage, show_until: bool):
         task_runner: RunnerOpt = Runner.threads,
         workers: Workers = None,
         dask_address: DaskAddress = None,
+        model: Annotated[str, typer.Option(help="Model to train.", hidden=not show_until)] = "vgg_small",
+        preset: Annotated[str, typer.Option(help="Training preset.", hidden=not show_until)] = "cpu",
+        epochs: Annotated[
+            int | None, typer.Option(min=1, help="Override the preset's epochs.", hidden=not show_until)
+        ] = None,
+        tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.", hidden=not show_until)] = None,
+        registered_name: Annotated[str, typer.Option(help="Registered model name.", hidden=not show_until)] = (
+            "emotion-classifier"
+        ),
     ) -> None:
+        training = {
+            "model": model,
+            "preset": preset,
+            "epochs": epochs,
+            "tracking_uri": tracking_uri,
+            "registered_name": registered_name,
+        }
         _run_pipeline(
             input_root,
             data_dir,
             until,
+            **training,
             quality=quality,
             face_mode=face_mode.value,
             policy=policy.value,

@@ -53,3 +53,12 @@ def model_names() -> list[str]:
     from . import architectures  # noqa: F401
 
     return sorted(MODELS)
+
+
+def architecture_fingerprint(name: str) -> str:
+    """A hash of the source of the module defining model ``name``: changes when its code changes."""
+    import hashlib
+    import inspect
+
+    module = inspect.getmodule(model_spec(name).build)
+    return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:12]
