@@ -38,10 +38,6 @@ def configure(data_dir: str | os.PathLike | None = None) -> None:
 
 def mlflow_uri(data_dir: str | os.PathLike, explicit: str | None = None) -> str:
     """Tracking URI: ``explicit``, else ``MLFLOW_TRACKING_URI``, else SQLite under the data dir."""
-    if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    folder = Path(data_dir).resolve() / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    from modelstore.tracking import default_tracking_uri
+
+    return default_tracking_uri(data_dir, explicit)

@@ -3,13 +3,14 @@ tracking setup, run logging, registration with champion/challenger aliases, and 
 registered model (with its label set) through a local cache. Imports no Prefect."""
 
 from .loading import LoadedModel, ModelLoadError, load_model, parse_model_uri
-from .tracking import TrackingUnavailable, configure, ensure_experiment
+from .tracking import TrackingUnavailable, configure, default_tracking_uri, ensure_experiment
 
 __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "TrackingUnavailable",
     "configure",
+    "default_tracking_uri",
     "ensure_experiment",
     "load_model",
     "parse_model_uri",

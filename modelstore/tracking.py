@@ -15,6 +15,17 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server cannot be reached."""
 
 
+def default_tracking_uri(data_dir: str | Path, explicit: str | None = None) -> str:
+    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store under ``data_dir/mlflow``."""
+    import os
+
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(data_dir).resolve() / 'mlflow' / 'mlflow.db'}"
+
+
 def configure(tracking_uri: str) -> str:
     """Point MLflow (tracking and registry) at ``tracking_uri``; check an HTTP server answers."""
     if tracking_uri.startswith(("http://", "https://")):

@@ -1,0 +1,195 @@
+"""The realtime loop: capture -> detect/track -> batch classify -> draw -> sinks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emotion_core.characters import eye_angle, overlay, render_character
+from emotion_core.faces import DetectorConfig, FaceDetector
+from emotion_core.tracking import FaceTracker, Track
+
+from .capture import FrameSource
+from .classify import BatchClassifier
+from .sinks import EventSink, VideoSink, WindowSink
+
+log = logging.getLogger("realtime")
+STAGES = ("decode", "detect", "classify", "draw")
+
+
+@dataclass
+class Options:
+    detect_every: int = 3  # run the detector every N frames while tracks hold
+    working_size: int = 320  # detection runs on the frame reduced to this longest side
+    min_neighbors: int = 4
+    characters: bool = True
+    landmarks: bool = False
+    stats: bool = False
+    max_frames: int | None = None
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    faces: int = 0
+    detections_run: int = 0
+    track_ids: set[int] = field(default_factory=set)
+    latency_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    wall_s: float = 0.0
+
+    def summary(self) -> dict:
+        out = {"frames": self.frames, "faces": self.faces, "tracks": len(self.track_ids),
+               "detections_run": self.detections_run,
+               "fps": self.frames / self.wall_s if self.wall_s else 0.0}
+        for stage, values in self.latency_ms.items():
+            if values:
+                out[f"{stage}_ms_mean"] = float(np.mean(values))
+                out[f"{stage}_ms_p95"] = float(np.percentile(values, 95))
+        return out
+
+
+def _label_color(index: int) -> tuple[int, int, int]:
+    hue = (index * 37) % 180
+    hsv = np.uint8([[[hue, 200, 255]]])
+    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+class RealtimeApp:
+    """Labels faces in frames with a registered model; usable headless (no window) or with a display."""
+
+    def __init__(self, model, labels: tuple[str, ...], input_size: int, options: Options = Options()):
+        self.labels = labels
+        self.options = options
+        self.classifier = BatchClassifier(model, input_size, len(labels))
+        self.detector = FaceDetector(
+            DetectorConfig(working_size=options.working_size, min_neighbors=options.min_neighbors,
+                           min_face_frac=0.12, min_face_px=24)
+        )
+        self.eyes = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye_tree_eyeglasses.xml")
+        self.tracker = FaceTracker()
+        self.stats = RunStats()
+
+    def process(self, image: np.ndarray, frame_index: int) -> tuple[list[Track], dict[str, float]]:
+        """Detect (or predict) faces, classify them in one batch, smooth per track."""
+        times = {}
+        t0 = time.perf_counter()
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        t1 = time.perf_counter()
+        detect = frame_index % self.options.detect_every == 0 or not self.tracker.tracks or any(
+            t.missed for t in self.tracker.tracks
+        )
+        if detect:
+            tracks = self.tracker.update(self.detector.detect(gray))
+            self.stats.detections_run += 1
+        else:
+            tracks = self.tracker.predict()
+        visible = [t for t in tracks if t.missed == 0 or not detect]
+        t2 = time.perf_counter()
+        crops = []
+        for track in visible:
+            x, y, w, h = _clip(track.int_box(), gray.shape)
+            crops.append(gray[y : y + h, x : x + w])
+        probs = self.classifier(crops)
+        for track, p in zip(visible, probs, strict=True):
+            self.tracker.smooth(track, p)
+        if detect and self.options.characters:
+            for track, crop in zip(visible, crops, strict=True):
+                angle = eye_angle(crop, self.eyes)
+                track.angle = angle if angle is not None else 0.8 * track.angle
+        t3 = time.perf_counter()
+        times.update(decode=(t1 - t0) * 1000, detect=(t2 - t1) * 1000, classify=(t3 - t2) * 1000)
+        return visible, times
+
+    def draw(self, image: np.ndarray, tracks: list[Track], times: dict[str, float], fps: float) -> np.ndarray:
+        out = image.copy()
+        for track in tracks:
+            if track.probs is None:
+                continue
+            k = int(np.argmax(track.probs))
+            label, conf = self.labels[k], float(track.probs[k])
+            x, y, w, h = track.int_box()
+            color = _label_color(k)
+            cv2.rectangle(out, (x, y), (x + w, y + h), color, 2, cv2.LINE_AA)
+            text = f"#{track.id} {label} {conf:.0%}"
+            cv2.putText(out, text, (x, max(14, y + h + 18)), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(out, text, (x, max(14, y + h + 18)), cv2.FONT_HERSHEY_SIMPLEX, 0.55, color, 1, cv2.LINE_AA)
+            if self.options.characters:
+                size = int(w * 0.6)
+                overlay(out, render_character(label), (x + w / 2, y - size * 0.35), size, track.angle)
+        if self.options.stats:
+            lines = [f"{fps:5.1f} fps"] + [f"{s} {times.get(s, 0):5.1f} ms" for s in STAGES]
+            for i, line in enumerate(lines):
+                cv2.putText(out, line, (8, 18 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                            cv2.LINE_AA)
+        return out
+
+    @staticmethod
+    def events(frame_index: int, time_s: float, tracks: list[Track], labels: tuple[str, ...]) -> list[dict]:
+        rows = []
+        for track in tracks:
+            if track.probs is None:
+                continue
+            k = int(np.argmax(track.probs))
+            rows.append({
+                "frame": frame_index,
+                "time_s": round(time_s, 4),
+                "track_id": track.id,
+                "box": list(track.int_box()),
+                "label": labels[k],
+                "probs": {label: round(float(p), 5) for label, p in zip(labels, track.probs, strict=True)},
+            })
+        return rows
+
+    def run(self, source: FrameSource, output: Path | None = None, events: Path | None = None,
+            display: bool = False) -> RunStats:
+        """Process every frame of ``source``; sinks are closed properly whatever happens."""
+        video = VideoSink(output, source.fps) if output else None
+        event_sink = EventSink(events) if events else None
+        window = WindowSink() if display else None
+        stats = self.stats
+        start = time.perf_counter()
+        last = start
+        try:
+            for frame in source:
+                tracks, times = self.process(frame.image, frame.index)
+                now = time.perf_counter()
+                fps = 1.0 / max(now - last, 1e-6)
+                last = now
+                t0 = time.perf_counter()
+                shown = {**times, "draw": stats.latency_ms["draw"][-1] if stats.latency_ms["draw"] else 0.0}
+                annotated = self.draw(frame.image, tracks, shown, fps) if (video or window) else frame.image
+                times["draw"] = (time.perf_counter() - t0) * 1000
+                if video:
+                    video.write(annotated)
+                if event_sink:
+                    event_sink.write(self.events(frame.index, frame.time_s, tracks, self.labels))
+                for stage, ms in times.items():
+                    stats.latency_ms[stage].append(ms)
+                stats.frames += 1
+                stats.faces += len(tracks)
+                stats.track_ids.update(t.id for t in tracks)
+                if self.options.stats and stats.frames % 30 == 0:
+                    log.info("frame %d: %s", frame.index, {k: round(v, 1) for k, v in times.items()})
+                if window and not window.show(annotated):
+                    break
+                if self.options.max_frames and stats.frames >= self.options.max_frames:
+                    break
+        finally:
+            stats.wall_s = time.perf_counter() - start
+            for sink in (video, event_sink, window):
+                if sink is not None:
+                    sink.close()
+            source.close()
+        return stats
+
+
+def _clip(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    x, y, w, h = box
+    x, y = max(0, min(x, shape[1] - 1)), max(0, min(y, shape[0] - 1))
+    return x, y, max(1, min(w, shape[1] - x)), max(1, min(h, shape[0] - y))

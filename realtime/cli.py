@@ -1,0 +1,82 @@
+"""``python -m realtime`` and ``emotion realtime``: label faces live from a camera, video, folder or stream."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def realtime(
+    source: Annotated[str, typer.Option(help="Webcam index, video file, folder of images, or stream URL.")] = "0",
+    model: Annotated[str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder.")] = (
+        "models:/emotion-classifier@champion"
+    ),
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: the flows' embedded store).")] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir", "-d", help="Where the embedded store and cache live.")] = (
+        Path("emotion-data")
+    ),
+    display: Annotated[bool, typer.Option(help="Show a window (quit with q or Esc).")] = False,
+    output: Annotated[Path | None, typer.Option(help="Write the annotated video here (.mp4).")] = None,
+    events: Annotated[Path | None, typer.Option(help="Write one JSON line per face per frame here.")] = None,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames.")] = None,
+    no_characters: Annotated[bool, typer.Option("--no-characters", help="Draw no emotion characters.")] = False,
+    landmarks: Annotated[bool, typer.Option(help="Anchor characters to 68-point landmarks (extra).")] = False,
+    stats: Annotated[bool, typer.Option(help="Show FPS and per-stage latency on screen and in the log.")] = False,
+    detect_every: Annotated[int, typer.Option(min=1, help="Run the detector every N frames while tracks hold.")] = 3,
+) -> None:
+    """Label the faces of a live source with a registered emotion model."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    logging.basicConfig(level=logging.INFO if stats else logging.WARNING, format="%(message)s")
+    from modelstore import ModelLoadError, TrackingUnavailable, configure, default_tracking_uri, load_model
+
+    from .app import Options, RealtimeApp
+    from .capture import CaptureError, open_source
+
+    if landmarks:
+        typer.echo("landmarks need the optional extra (pip install '.[landmarks]'); continuing without them")
+    try:
+        source_handle = open_source(source)
+    except CaptureError as exc:
+        fail(str(exc), 2)
+    try:
+        try:
+            configure(default_tracking_uri(data_dir, tracking_uri))
+        except TrackingUnavailable as exc:
+            typer.echo(f"{exc}; trying the local model cache", err=True)
+        loaded = load_model(model, Path(data_dir) / "mlflow" / "model-cache")
+    except ModelLoadError as exc:
+        source_handle.close()
+        fail(str(exc), 2)
+    if loaded.from_cache:
+        typer.echo(f"tracking server unreachable: using cached {loaded.name} v{loaded.version}", err=True)
+    options = Options(detect_every=detect_every, characters=not no_characters, stats=stats, max_frames=max_frames)
+    app_ = RealtimeApp(loaded.model, loaded.labels, loaded.input_size, options)
+    try:
+        result = app_.run(source_handle, output=output, events=events, display=display)
+    except CaptureError as exc:
+        fail(f"{exc}; output written so far is kept", 3)
+    except OSError as exc:
+        fail(str(exc), 2)
+    summary = result.summary()
+    typer.echo(json.dumps({"model": f"{loaded.name}/{loaded.version}", **{k: round(v, 2) if isinstance(v, float)
+                                                                           else v for k, v in summary.items()}}))
+
+
+app.command()(realtime)
+
+
+def main() -> None:
+    app()
