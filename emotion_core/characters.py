@@ -39,11 +39,27 @@ _STYLES = {
     "surprise": CharacterStyle(0.0, 1.0, 0.4, 1.3, (120, 230, 250)),
 }
 _SYNONYMS = {
-    "happy": "pleasure", "happiness": "pleasure", "joy": "pleasure", "기쁨": "pleasure",
-    "angry": "anger", "분노": "anger", "sad": "sadness", "슬픔": "sadness",
-    "neutral": "neutrality", "중립": "neutrality", "surprised": "surprise", "embarrassed": "upset",
-    "당황": "upset", "anxiety": "unrest", "anxious": "unrest", "불안": "unrest", "hurt": "wound", "상처": "wound",
-    "disgusted": "disgust", "afraid": "fear", "scared": "fear",
+    "happy": "pleasure",
+    "happiness": "pleasure",
+    "joy": "pleasure",
+    "기쁨": "pleasure",
+    "angry": "anger",
+    "분노": "anger",
+    "sad": "sadness",
+    "슬픔": "sadness",
+    "neutral": "neutrality",
+    "중립": "neutrality",
+    "surprised": "surprise",
+    "embarrassed": "upset",
+    "당황": "upset",
+    "anxiety": "unrest",
+    "anxious": "unrest",
+    "불안": "unrest",
+    "hurt": "wound",
+    "상처": "wound",
+    "disgusted": "disgust",
+    "afraid": "fear",
+    "scared": "fear",
 }
 
 
@@ -88,22 +104,57 @@ def render_character(label: str, size: int = 128) -> np.ndarray:
         cv2.fillPoly(img, [np.vstack([top, bottom])], (40, 20, 120, 255), cv2.LINE_AA)
     cv2.polylines(img, [top], False, ink, max(2, s // 28), cv2.LINE_AA)
     if st.extra == "tear":
-        cv2.ellipse(img, (int(s * 0.33), int(s * 0.58)), (max(1, s // 28), max(2, s // 14)), 0, 0, 360,
-                    (255, 200, 120, 255), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (int(s * 0.33), int(s * 0.58)),
+            (max(1, s // 28), max(2, s // 14)),
+            0,
+            0,
+            360,
+            (255, 200, 120, 255),
+            -1,
+            cv2.LINE_AA,
+        )
     elif st.extra == "blush":
         for side in (-1, 1):
-            cv2.ellipse(img, (int(s / 2 + side * s * 0.27), int(s * 0.58)), (s // 12, s // 24), 0, 0, 360,
-                        (150, 150, 255, 255), -1, cv2.LINE_AA)
+            cv2.ellipse(
+                img,
+                (int(s / 2 + side * s * 0.27), int(s * 0.58)),
+                (s // 12, s // 24),
+                0,
+                0,
+                360,
+                (150, 150, 255, 255),
+                -1,
+                cv2.LINE_AA,
+            )
     elif st.extra == "sweat":
-        cv2.ellipse(img, (int(s * 0.8), int(s * 0.3)), (max(1, s // 30), max(2, s // 16)), 0, 0, 360,
-                    (255, 220, 160, 255), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (int(s * 0.8), int(s * 0.3)),
+            (max(1, s // 30), max(2, s // 16)),
+            0,
+            0,
+            360,
+            (255, 220, 160, 255),
+            -1,
+            cv2.LINE_AA,
+        )
     elif st.extra == "steam":
         for k in range(3):
             x = int(s * (0.72 + 0.08 * k))
             cv2.line(img, (x, int(s * 0.08)), (x + s // 20, int(s * 0.2)), (200, 200, 200, 255), max(1, s // 40))
     if label.strip().lower() not in _STYLES and _SYNONYMS.get(label.strip().lower()) is None:
-        cv2.putText(img, label[:1].upper(), (int(s * 0.42), int(s * 0.95)), cv2.FONT_HERSHEY_SIMPLEX, s / 160,
-                    ink, max(1, s // 60), cv2.LINE_AA)
+        cv2.putText(
+            img,
+            label[:1].upper(),
+            (int(s * 0.42), int(s * 0.95)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            s / 160,
+            ink,
+            max(1, s // 60),
+            cv2.LINE_AA,
+        )
     return img
 
 

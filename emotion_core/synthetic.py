@@ -225,8 +225,15 @@ def render_demo_video(
         face_h = h * rng.uniform(0.35, 0.45)
         lane = (k + 0.5) / faces
         start = np.array([w * (0.2 + 0.6 * lane), h * 0.5])
-        plans.append({"size": face_h, "start": start, "phase": rng.uniform(0, 2 * math.pi),
-                      "offset": k * 3, "identity": int(rng.integers(1 << 30))})
+        plans.append(
+            {
+                "size": face_h,
+                "start": start,
+                "phase": rng.uniform(0, 2 * math.pi),
+                "offset": k * 3,
+                "identity": int(rng.integers(1 << 30)),
+            }
+        )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     truth = []

@@ -327,6 +327,53 @@ def evaluate_command(
     console.print(metrics.report(), highlight=False)
 
 
+@app.command("demo")
+def demo_command(
+    data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
+    data: Annotated[
+        Path | None, typer.Option(help="Run on this folder-per-class dataset instead of generated faces.")
+    ] = None,
+    per_class: Annotated[int, typer.Option(min=2, help="Generated photos per class.")] = 60,
+    preset: Annotated[str, typer.Option(help="Training preset.")] = "demo",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's epochs.")] = None,
+    frames: Annotated[int, typer.Option(min=1, help="Frames of the generated video.")] = 120,
+    workers: Workers = None,
+) -> None:
+    """The whole system end to end: generated faces -> Prefect pipeline -> MLflow model -> realtime client."""
+    if data is not None and not data.is_dir():
+        fail(f"dataset folder {data} does not exist")
+    environment.configure(data_dir)
+    from .demo import run_demo
+
+    try:
+        result = run_demo(
+            data_dir, data, per_class=per_class, preset=preset, epochs=epochs, frames=frames, workers=workers
+        )
+    except _known_errors() as exc:
+        fail(str(exc))
+    print_results({k: v for k, v in result.items() if k in ("compress", "crop", "split", "train")}, data_dir)
+    rt = result["realtime"]
+    console.print(
+        f"[bold]realtime[/]: {rt['frames']} frames, {rt['faces']} faces in {rt['tracks']} tracks, "
+        f"{rt['fps']:.0f} FPS with {rt['model']}",
+        highlight=False,
+    )
+    data_abs = data_dir.resolve()
+    console.print(f"annotated video: {rt['annotated']}\nevents:          {rt['events']}", highlight=False)
+    console.print(f"finished in {result['elapsed_s']:.0f} s. Browse the results:", highlight=False)
+    console.print(
+        f"  Prefect UI: PREFECT_HOME={data_abs / 'prefect'} prefect server start   # then open http://127.0.0.1:4200",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"  MLflow UI:  mlflow ui --backend-store-uri sqlite:///{data_abs / 'mlflow' / 'mlflow.db'} "
+        "--port 5000   # then open http://127.0.0.1:5000",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -336,5 +383,13 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
-    main()
+def _register_realtime() -> None:
+    """``emotion realtime`` is the standalone client's own command (it imports no Prefect)."""
+    from realtime.cli import realtime
+
+    app.command("realtime", help="Label faces live from a camera, video, folder or stream (python -m realtime).")(
+        realtime
+    )
+
+
+_register_realtime()

@@ -42,14 +42,16 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return match["name"], match["alias"], match["version"]
 
 
-def _resolve_version(name: str, alias: str | None, version: str | None, cache: Path) -> tuple[str, bool]:
+def _resolve_version(name: str, alias: str | None, version: str | None, cache: Path, offline: bool) -> tuple[str, bool]:
     """The version to load, and whether it came from the offline alias memory."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     memory = cache / name / "aliases.json"
     if version:
-        return version, False
+        return version, offline
+    if offline:
+        return _remembered(memory, name, alias, RuntimeError("the tracking server is unreachable")), True
     try:
         resolved = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
     except MlflowException as exc:
@@ -89,8 +91,11 @@ def _metadata(folder: Path) -> dict:
     return meta
 
 
-def load_model(uri: str, cache_dir: str | Path) -> LoadedModel:
-    """Load ``models:/...`` (registry) or a local MLflow model folder, with its labels."""
+def load_model(uri: str, cache_dir: str | Path, offline: bool = False) -> LoadedModel:
+    """Load ``models:/...`` (registry) or a local MLflow model folder, with its labels.
+
+    With ``offline`` (the tracking server is known to be down) only the local cache is used.
+    """
     import keras
 
     cache = Path(cache_dir)
@@ -98,7 +103,7 @@ def load_model(uri: str, cache_dir: str | Path) -> LoadedModel:
         folder, name, version, from_cache = Path(uri), Path(uri).name, "local", False
     else:
         name, alias, version = parse_model_uri(uri)
-        version, from_cache = _resolve_version(name, alias, version, cache)
+        version, from_cache = _resolve_version(name, alias, version, cache, offline)
         folder = cache / name / f"v{version}"
         if not folder.is_dir():
             if from_cache:

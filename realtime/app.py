@@ -44,9 +44,13 @@ class RunStats:
     wall_s: float = 0.0
 
     def summary(self) -> dict:
-        out = {"frames": self.frames, "faces": self.faces, "tracks": len(self.track_ids),
-               "detections_run": self.detections_run,
-               "fps": self.frames / self.wall_s if self.wall_s else 0.0}
+        out = {
+            "frames": self.frames,
+            "faces": self.faces,
+            "tracks": len(self.track_ids),
+            "detections_run": self.detections_run,
+            "fps": self.frames / self.wall_s if self.wall_s else 0.0,
+        }
         for stage, values in self.latency_ms.items():
             if values:
                 out[f"{stage}_ms_mean"] = float(np.mean(values))
@@ -68,8 +72,12 @@ class RealtimeApp:
         self.options = options
         self.classifier = BatchClassifier(model, input_size, len(labels))
         self.detector = FaceDetector(
-            DetectorConfig(working_size=options.working_size, min_neighbors=options.min_neighbors,
-                           min_face_frac=0.12, min_face_px=24)
+            DetectorConfig(
+                working_size=options.working_size,
+                min_neighbors=options.min_neighbors,
+                min_face_frac=0.12,
+                min_face_px=24,
+            )
         )
         self.eyes = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye_tree_eyeglasses.xml")
         self.tracker = FaceTracker()
@@ -81,8 +89,10 @@ class RealtimeApp:
         t0 = time.perf_counter()
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         t1 = time.perf_counter()
-        detect = frame_index % self.options.detect_every == 0 or not self.tracker.tracks or any(
-            t.missed for t in self.tracker.tracks
+        detect = (
+            frame_index % self.options.detect_every == 0
+            or not self.tracker.tracks
+            or any(t.missed for t in self.tracker.tracks)
         )
         if detect:
             tracks = self.tracker.update(self.detector.detect(gray))
@@ -125,8 +135,9 @@ class RealtimeApp:
         if self.options.stats:
             lines = [f"{fps:5.1f} fps"] + [f"{s} {times.get(s, 0):5.1f} ms" for s in STAGES]
             for i, line in enumerate(lines):
-                cv2.putText(out, line, (8, 18 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                            cv2.LINE_AA)
+                cv2.putText(
+                    out, line, (8, 18 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
+                )
         return out
 
     @staticmethod
@@ -136,18 +147,21 @@ class RealtimeApp:
             if track.probs is None:
                 continue
             k = int(np.argmax(track.probs))
-            rows.append({
-                "frame": frame_index,
-                "time_s": round(time_s, 4),
-                "track_id": track.id,
-                "box": list(track.int_box()),
-                "label": labels[k],
-                "probs": {label: round(float(p), 5) for label, p in zip(labels, track.probs, strict=True)},
-            })
+            rows.append(
+                {
+                    "frame": frame_index,
+                    "time_s": round(time_s, 4),
+                    "track_id": track.id,
+                    "box": list(track.int_box()),
+                    "label": labels[k],
+                    "probs": {label: round(float(p), 5) for label, p in zip(labels, track.probs, strict=True)},
+                }
+            )
         return rows
 
-    def run(self, source: FrameSource, output: Path | None = None, events: Path | None = None,
-            display: bool = False) -> RunStats:
+    def run(
+        self, source: FrameSource, output: Path | None = None, events: Path | None = None, display: bool = False
+    ) -> RunStats:
         """Process every frame of ``source``; sinks are closed properly whatever happens."""
         video = VideoSink(output, source.fps) if output else None
         event_sink = EventSink(events) if events else None

@@ -51,12 +51,14 @@ def realtime(
         source_handle = open_source(source)
     except CaptureError as exc:
         fail(str(exc), 2)
+    offline = False
     try:
         try:
             configure(default_tracking_uri(data_dir, tracking_uri))
         except TrackingUnavailable as exc:
             typer.echo(f"{exc}; trying the local model cache", err=True)
-        loaded = load_model(model, Path(data_dir) / "mlflow" / "model-cache")
+            offline = True
+        loaded = load_model(model, Path(data_dir) / "mlflow" / "model-cache", offline=offline)
     except ModelLoadError as exc:
         source_handle.close()
         fail(str(exc), 2)
@@ -71,8 +73,14 @@ def realtime(
     except OSError as exc:
         fail(str(exc), 2)
     summary = result.summary()
-    typer.echo(json.dumps({"model": f"{loaded.name}/{loaded.version}", **{k: round(v, 2) if isinstance(v, float)
-                                                                           else v for k, v in summary.items()}}))
+    typer.echo(
+        json.dumps(
+            {
+                "model": f"{loaded.name}/{loaded.version}",
+                **{k: round(v, 2) if isinstance(v, float) else v for k, v in summary.items()},
+            }
+        )
+    )
 
 
 app.command()(realtime)
