@@ -1,0 +1,112 @@
+"""Realtime latency: the seed's per-frame loop against the project's client, on one CPU core.
+
+    python -m bench.realtime_latency [--frames 200]
+
+Frames are 640x480 with 1, 3 or 6 real Yale faces moving across a textured background. The seed's
+loop runs the Haar cascade (1.3, 5) on the full frame every frame and ``model.predict`` per face; the
+project's client detects on a 320 px copy every 3rd frame, tracks in between, and classifies all
+faces of a frame in one traced call. Both use the same model weights. Run pinned to one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, before numpy/TF start threads
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.data_stages import datasets_dir  # noqa: E402
+
+
+def make_frames(n_frames: int, n_faces: int, seed: int = 0) -> list[np.ndarray]:
+    yale = sorted((datasets_dir() / "yalefaces").glob("normal/*.png"))
+    faces = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)[30:220, 70:250] for p in yale[:n_faces]]
+    faces = [cv2.resize(f, None, fx=0.75 if n_faces > 3 else 1.0, fy=0.75 if n_faces > 3 else 1.0) for f in faces]
+    rng = np.random.default_rng(seed)
+    bg = cv2.GaussianBlur(cv2.resize(rng.integers(40, 220, (30, 40, 3), dtype=np.uint8), (640, 480)), (0, 0), 3)
+    frames = []
+    cols = min(n_faces, 3)
+    for f in range(n_frames):
+        img = bg.copy()
+        for k, face in enumerate(faces):
+            fh, fw = face.shape
+            cx = (k % cols + 0.5) * 640 / cols + 30 * np.sin(2 * np.pi * f / 100 + k)
+            cy = (k // cols + 0.5) * 480 / ((n_faces + 2) // 3) + 20 * np.cos(2 * np.pi * f / 80 + k)
+            x, y = int(np.clip(cx - fw / 2, 0, 640 - fw)), int(np.clip(cy - fh / 2, 0, 480 - fh))
+            img[y : y + fh, x : x + fw] = cv2.cvtColor(face, cv2.COLOR_GRAY2BGR)
+        frames.append(img)
+    return frames
+
+
+def seed_loop(model, frames: list[np.ndarray]) -> list[float]:
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    times = []
+    for frame in frames:
+        t0 = time.perf_counter()
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        for x, y, w, h in cascade.detectMultiScale(gray, 1.3, 5):
+            face = cv2.resize(gray[y : y + h, x : x + w], (48, 48))[None, :, :, None].astype("float32")
+            model.predict(face, verbose=0)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def project_loop(model, frames: list[np.ndarray], labels: tuple[str, ...]) -> list[float]:
+    from realtime.app import Options, RealtimeApp
+
+    app = RealtimeApp(model, labels, 48, Options(characters=False))
+    times = []
+    for i, frame in enumerate(frames):
+        t0 = time.perf_counter()
+        app.process(frame, i)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def stats(times: list[float]) -> dict[str, float]:
+    steady = times[10:]  # the first frames include tracing and warm-up
+    return {
+        "ms_mean": float(np.mean(steady)),
+        "ms_p95": float(np.percentile(steady, 95)),
+        "fps": 1000.0 / float(np.mean(steady)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    cv2.setNumThreads(1)
+    from emotion_core.models import build_model
+
+    labels = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+    seed_model, default_model = build_model("seed_cnn", 48, 7), build_model("vgg_small", 48, 7)
+    results = {}
+    frames = make_frames(args.frames, 1)
+    results["seed_loop_seed_cnn"] = stats(seed_loop(seed_model, frames))
+    results["project_seed_cnn"] = stats(project_loop(seed_model, frames, labels))
+    for n in (1, 3, 6):
+        results[f"project_vgg_small_{n}_faces"] = stats(
+            project_loop(default_model, make_frames(args.frames, n), labels)
+        )
+    results["speedup_same_model"] = results["seed_loop_seed_cnn"]["ms_mean"] / results["project_seed_cnn"]["ms_mean"]
+    print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
