@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import mlflow
 
 DEFAULT_EXPERIMENT = "emotion-pipeline"
+# The user's setting as the process started: mlflow.set_tracking_uri() overwrites the environment
+# variable, so reading it later would return whichever store was configured last.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -16,13 +20,11 @@ class TrackingUnavailable(RuntimeError):
 
 
 def default_tracking_uri(data_dir: str | Path, explicit: str | None = None) -> str:
-    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store under ``data_dir/mlflow``."""
-    import os
-
+    """``explicit``, else ``$MLFLOW_TRACKING_URI`` (as set by the user), else SQLite under ``data_dir/mlflow``."""
     if explicit:
         return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if _USER_TRACKING_URI:
+        return _USER_TRACKING_URI
     return f"sqlite:///{Path(data_dir).resolve() / 'mlflow' / 'mlflow.db'}"
 
 

@@ -136,3 +136,11 @@ def test_pack_faces_is_cached_by_manifest_content(tmp_path):
     df.loc[1, "split"] = "val"
     with pytest.raises(ImageError, match="file not found"):
         pack_faces(df, ("x", "y"), tmp_path)  # changed manifest: rebuilt, and the missing crop shows
+
+
+def test_default_tracking_uri_ignores_stores_configured_earlier(tmp_path):
+    import modelstore
+
+    modelstore.configure(f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}")  # exports MLFLOW_TRACKING_URI
+    uri = modelstore.default_tracking_uri(tmp_path / "data")
+    assert uri == f"sqlite:///{(tmp_path / 'data').resolve() / 'mlflow' / 'mlflow.db'}"
