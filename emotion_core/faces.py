@@ -28,8 +28,8 @@ class DetectorConfig:
     cascade: str = "haarcascade_frontalface_alt2.xml"
     scale_factor: float = 1.2
     min_neighbors: int = 4
-    working_size: int = 640  # longest side of the reduced copy detection runs on (0: full size)
-    min_face_frac: float = 0.08  # smallest face, as a fraction of the working copy's shorter side
+    working_size: int = 320  # longest side of the reduced copy detection runs on (0: full size)
+    min_face_frac: float = 0.12  # smallest face, as a fraction of the working copy's shorter side
     min_face_px: int = 20
 
 
