@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .imageio import atomic_write
+from .imageio import atomic_write, flush_to_disk
 
 DEFAULT_CHUNK_SIZE = 200
 RECORD_VERSION = 1
@@ -101,6 +101,7 @@ class ChunkRecords:
         return record.get("results")
 
     def put(self, key: str, chunk: str, results: list[dict]) -> None:
-        """Store a finished chunk's results atomically."""
+        """Store a finished chunk's results atomically, after its output files are on disk."""
         record = {"version": RECORD_VERSION, "chunk": chunk, "results": results}
-        atomic_write(self.folder / f"{key}.json", json.dumps(record, ensure_ascii=False).encode())
+        flush_to_disk()
+        atomic_write(self.folder / f"{key}.json", json.dumps(record, ensure_ascii=False).encode(), durable=True)

@@ -163,16 +163,22 @@ def encode_png(img: np.ndarray, compression: int = 3) -> bytes:
     return out.tobytes()
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+def atomic_write(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    The rename alone guarantees that a killed process never leaves a partial file. ``durable``
+    also fsyncs before the rename, for files that must survive a power loss on their own (the
+    per-chunk records, written after :func:`flush_to_disk` has flushed the chunk's images).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -180,6 +186,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def flush_to_disk() -> None:
+    """Flush every written file to disk at once (cheaper than an fsync per image)."""
+    os.sync()
 
 
 def remove_stale_temps(root: str | os.PathLike) -> int:

@@ -93,7 +93,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path, info: ManifestInfo) -> No
     table = table.replace_schema_metadata(meta)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), durable=True)
 
 
 def read_manifest(path: str | Path) -> tuple[pd.DataFrame, ManifestInfo]:
