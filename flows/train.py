@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from emotion_core.dataset import DEFAULT_SIZE, PackedFaces, pack_faces
+from emotion_core.dataset import PackedFaces, pack_faces
 from emotion_core.imageio import atomic_write
 from emotion_core.lock import data_dir_lock
 from emotion_core.manifest import read_manifest
@@ -190,7 +190,7 @@ def train_flow(
     uri = modelstore.configure(mlflow_uri(data_dir, tracking_uri))
     local_store = uri.startswith("sqlite:")
     with data_dir_lock(data_dir):
-        packed = pack_task(str(data_dir), DEFAULT_SIZE if config.input_size == DEFAULT_SIZE else config.input_size)
+        packed = pack_task(str(data_dir), config.input_size)
         check_trainable(packed)
         work_dir = Path(data_dir) / "training" / config.key(packed.key)
         done = work_dir / DONE_NAME

@@ -29,7 +29,6 @@ class Options:
     working_size: int = 320  # detection runs on the frame reduced to this longest side
     min_neighbors: int = 4
     characters: bool = True
-    landmarks: bool = False
     stats: bool = False
     max_frames: int | None = None
 
