@@ -183,3 +183,13 @@ def test_killed_pipeline_resumes_to_the_same_manifest(yale, tmp_path, kill_durin
     assert not list(killed.rglob("*.tmp"))
     faces = sorted(p.relative_to(killed) for p in (killed / "faces").rglob("*.png"))
     assert faces == sorted(p.relative_to(clean) for p in (clean / "faces").rglob("*.png"))
+
+
+@pytest.mark.slow
+def test_dask_runner_gives_the_same_manifest_as_threads(small_tree, tmp_path):
+    emotion_pipeline(str(small_tree), str(tmp_path / "threads"), until="crop", workers=2, chunk_size=4)
+    emotion_pipeline(str(small_tree), str(tmp_path / "dask"), until="crop", workers=2, chunk_size=4, task_runner="dask")
+    pd.testing.assert_frame_equal(
+        read_manifest(tmp_path / "dask" / "manifest.parquet")[0],
+        read_manifest(tmp_path / "threads" / "manifest.parquet")[0],
+    )

@@ -136,3 +136,26 @@ def test_remove_stale_temps(tmp_path):
     (tmp_path / "d" / "x.jpg").write_bytes(b"done")
     assert imageio.remove_stale_temps(tmp_path) == 1
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["x.jpg"]
+
+
+def pil_bytes(img, fmt: str, **kwargs) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_cmyk_palette_progressive_and_gray_jpeg():
+    from PIL import Image
+
+    red = Image.new("RGB", (40, 30), (255, 0, 0))
+    cmyk = decode(pil_bytes(red.convert("CMYK"), "JPEG", quality=95))
+    assert cmyk.shape == (30, 40, 3) and cmyk[15, 20, 2] > 200 and cmyk[15, 20, 0] < 60  # still red in BGR
+    for fmt in ("GIF", "PNG"):
+        palette = decode(pil_bytes(red.convert("P", palette=Image.Palette.ADAPTIVE), fmt))
+        assert palette.shape == (30, 40, 3) and tuple(palette[0, 0]) == (0, 0, 255)
+    progressive = decode(pil_bytes(red, "JPEG", progressive=True, quality=90))
+    assert progressive.shape == (30, 40, 3) and progressive[15, 20, 2] > 200
+    gray = decode(pil_bytes(Image.new("L", (40, 30), 77), "JPEG"), mode="any")
+    assert gray.shape == (30, 40) and abs(int(gray[5, 5]) - 77) <= 2
