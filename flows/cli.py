@@ -376,6 +376,69 @@ def demo_command(
     )
 
 
+server_app = typer.Typer(help="Local Prefect and MLflow servers for a data directory (UIs, deployments).")
+app.add_typer(server_app, name="server")
+Host = Annotated[
+    str, typer.Option(help="Interface to bind. Anything but 127.0.0.1 exposes the servers: put auth in front.")
+]
+
+
+@server_app.command("start")
+def server_start(
+    data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
+    host: Host = "127.0.0.1",
+    prefect_port: Annotated[int, typer.Option(min=1, max=65535, help="Prefect API and UI port.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow tracking server and UI port.")] = 5000,
+) -> None:
+    """Start a Prefect server and an MLflow server in the background; their stores stay in DATA_DIR."""
+    from .servers import LOOPBACK, ServerError, start
+
+    if host not in LOOPBACK:
+        err_console.print(
+            f"warning: binding to {host} exposes both servers without authentication; "
+            "see the README's 'Exposing the servers' section",
+            highlight=False,
+        )
+    try:
+        states = start(data_dir, host, {"prefect": prefect_port, "mlflow": mlflow_port})
+    except (ServerError, OSError) as exc:
+        fail(str(exc))
+    _print_servers(states)
+    prefect_url = next(s.url for s in states if s.name == "prefect")
+    console.print(
+        f"commands with --data-dir {data_dir} now use these servers; for other shells and workers:\n"
+        f"  export PREFECT_API_URL={prefect_url}/api MLFLOW_TRACKING_URI="
+        f"{next(s.url for s in states if s.name == 'mlflow')}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@server_app.command("status")
+def server_status(data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR)) -> None:
+    """Show each server's URL, pid and health; exit 1 when one is not running and healthy."""
+    from .servers import status
+
+    states = status(data_dir)
+    _print_servers(states)
+    if not all(s.healthy for s in states):
+        raise typer.Exit(1)
+
+
+@server_app.command("stop")
+def server_stop(data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR)) -> None:
+    """Stop the servers started for DATA_DIR (their data stays)."""
+    from .servers import stop
+
+    stopped = stop(data_dir)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no server was running", highlight=False)
+
+
+def _print_servers(states) -> None:
+    for state in states:
+        console.print(state.line(), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

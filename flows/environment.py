@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from emotion_core.servers import running_url
+
 DEFAULT_DATA_DIR = "emotion-data"
 
 
@@ -28,6 +30,9 @@ def configure(data_dir: str | os.PathLike | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if data_dir is not None and "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str(Path(data_dir).resolve() / "prefect"))
+        served = running_url(data_dir, "prefect")  # `emotion server start` runs one for this data dir
+        if served:
+            os.environ["PREFECT_API_URL"] = f"{served}/api"
     if os.environ.get("PREFECT_HOME"):
         # the ephemeral server cannot start (and only times out) when its home folder is missing
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)

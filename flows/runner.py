@@ -79,9 +79,11 @@ def run_chunks(
     outputs: list[dict | None] = [None] * len(chunks)
     errors: list[str] = []
     with runner.build() as task_runner, progress_bar() as bar:
+        # largest chunks first, so the small ones fill the gaps at the end
+        order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i].paths))
         futures = {
-            task_runner.submit(task, parameters={"chunk": c.name, "paths": list(c.paths), **kwargs}): i
-            for i, c in enumerate(chunks)
+            task_runner.submit(task, parameters={"chunk": chunks[i].name, "paths": list(chunks[i].paths), **kwargs}): i
+            for i in order
         }
         bar_id = bar.add_task(description, total=sum(len(c.paths) for c in chunks))
         for future in as_completed(list(futures)):

@@ -28,7 +28,10 @@ def manifest_path(data_dir: str | Path) -> Path:
 
 
 def _chunks(paths: list[str], chunk_size: int, runner: RunnerSpec):
-    return make_chunks(paths, top_folder, chunk_size, min_chunks=2 * runner.parallelism)
+    # Four chunks a worker at least: the last round of a stage then leaves a worker idle for a
+    # quarter of a chunk at most, instead of up to a whole chunk (measured: 7 chunks on 2 workers
+    # wasted 12% of the stage).
+    return make_chunks(paths, top_folder, chunk_size, min_chunks=4 * runner.parallelism)
 
 
 @flow(name="compress", log_prints=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import mlflow
 
+from emotion_core.servers import running_url
+
 DEFAULT_EXPERIMENT = "emotion-pipeline"
 # The user's setting as the process started: mlflow.set_tracking_uri() overwrites the environment
 # variable, so reading it later would return whichever store was configured last.
@@ -20,11 +22,15 @@ class TrackingUnavailable(RuntimeError):
 
 
 def default_tracking_uri(data_dir: str | Path, explicit: str | None = None) -> str:
-    """``explicit``, else ``$MLFLOW_TRACKING_URI`` (as set by the user), else SQLite under ``data_dir/mlflow``."""
+    """``explicit``, else ``$MLFLOW_TRACKING_URI`` (as set by the user), else the MLflow server that
+    ``emotion server start`` runs for ``data_dir``, else SQLite under ``data_dir/mlflow``."""
     if explicit:
         return explicit
     if _USER_TRACKING_URI:
         return _USER_TRACKING_URI
+    served = running_url(data_dir, "mlflow")
+    if served:
+        return served
     return f"sqlite:///{Path(data_dir).resolve() / 'mlflow' / 'mlflow.db'}"
 
 

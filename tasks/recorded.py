@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from emotion_core.chunks import ChunkRecords, chunk_key, file_fingerprints
+from emotion_core.imageio import tune_allocator
 
 
 def run_recorded(
@@ -27,6 +28,7 @@ def run_recorded(
     stored = records.get(key)
     if stored is not None:
         return {"chunk": chunk, "cached": True, "results": stored}
+    tune_allocator()  # once per worker process; decoding full-size photos is the hot path
     results = [row for path in paths for row in work(path)]
     records.put(key, chunk, results)
     return {"chunk": chunk, "cached": False, "results": results}
