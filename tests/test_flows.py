@@ -193,3 +193,64 @@ def test_dask_runner_gives_the_same_manifest_as_threads(small_tree, tmp_path):
         read_manifest(tmp_path / "dask" / "manifest.parquet")[0],
         read_manifest(tmp_path / "threads" / "manifest.parquet")[0],
     )
+
+
+@pytest.fixture
+def crop_calls(monkeypatch):
+    """Record every crop_file call; ``fail`` maps a path to how many of its first calls raise."""
+    import tasks.crop
+
+    state = {"calls": [], "fail": {}}
+    real = tasks.crop.crop_file
+
+    def counting(root, rel, *args, **kwargs):
+        state["calls"].append(rel)
+        if state["fail"].get(rel, 0) > 0:
+            state["fail"][rel] -= 1
+            raise RuntimeError(f"injected fault on {rel}")
+        return real(root, rel, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.crop, "crop_file", counting)
+    return state
+
+
+def test_a_failed_chunk_is_the_only_work_a_rerun_does(small_tree, tmp_path, crop_calls):
+    from flows.runner import StageFailed
+
+    clean = tmp_path / "clean"
+    emotion_pipeline(str(small_tree), str(clean), until="split", workers=2, chunk_size=4)
+    crop_calls["calls"].clear()
+
+    data = tmp_path / "data"
+    compress_flow(str(small_tree), str(data), workers=2, chunk_size=4)
+    df, _ = read_manifest(data / "manifest.parquet")
+    victim = sorted(df.loc[df["status"] == "ok", "compressed_path"])[4]
+    crop_calls["fail"][victim] = 2  # the first attempt and Prefect's retry both fail
+    with pytest.raises(StageFailed, match="1 of .* chunks failed .*injected fault"):
+        crop_flow(str(data), workers=2, chunk_size=4)
+    first_run = list(crop_calls["calls"])
+    assert first_run.count(victim) == 2  # retried once by Prefect within the run
+    crop_calls["calls"].clear()
+
+    out = emotion_pipeline(str(small_tree), str(data), until="split", workers=2, chunk_size=4)
+    rerun = crop_calls["calls"]
+    assert victim in rerun and out["crop"]["chunks"] - out["crop"]["chunks_cached"] == 1
+    # only the failed chunk's files ran again: none of the files whose chunks finished
+    finished = set(first_run) - set(rerun)
+    assert finished and not finished & set(rerun) and len(rerun) <= 4
+    pd.testing.assert_frame_equal(
+        read_manifest(data / "manifest.parquet")[0], read_manifest(clean / "manifest.parquet")[0]
+    )
+
+
+def test_a_chunk_that_fails_once_is_retried_alone(small_tree, tmp_path, crop_calls):
+    data = tmp_path / "data"
+    compress_flow(str(small_tree), str(data), workers=2, chunk_size=4)
+    df, _ = read_manifest(data / "manifest.parquet")
+    victim = sorted(df.loc[df["status"] == "ok", "compressed_path"])[0]
+    crop_calls["fail"][victim] = 1
+    out = crop_flow(str(data), workers=2, chunk_size=4)
+    calls = crop_calls["calls"]
+    assert out["status"].get("ok", 0) >= 9 and calls.count(victim) == 2
+    repeated = {p for p in calls if calls.count(p) > 1}
+    assert repeated == {victim}  # the retry redid the failed file's chunk up to the failure, nothing else
