@@ -1,6 +1,7 @@
 """The ``emotion`` command line. Heavy imports (Prefect, TensorFlow, MLflow) happen inside commands,
 after the embedded defaults are set, so ``--help`` is instant and errors are one line."""
 
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -122,6 +123,8 @@ def _run_pipeline(input_root: Path, data_dir: Path, until: Stage, **params) -> N
     except _known_errors() as exc:
         fail(str(exc))
     print_results(result, data_dir)
+    if os.environ.get("PREFECT_API_URL"):
+        console.print(f"flow runs: {os.environ['PREFECT_API_URL'].removesuffix('/api')}/runs", highlight=False)
 
 
 def print_results(result: dict, data_dir: Path) -> None:

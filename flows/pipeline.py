@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from emotion_core.chunks import DEFAULT_CHUNK_SIZE
 from emotion_core.compress import DEFAULT_QUALITY
@@ -58,4 +61,43 @@ def emotion_pipeline(
                 tracking_uri=tracking_uri,
                 registered_name=registered_name,
             )
+    create_markdown_artifact(
+        markdown=summary_markdown(out, data_dir),
+        key="pipeline-summary",
+        description=f"emotion-pipeline on {input_root}",
+    )
     return out
+
+
+def model_link(train: dict) -> str:
+    """Where to look at a registered model: its MLflow UI page, or its URI in a local store."""
+    uri = train.get("tracking_uri", "")
+    if uri.startswith(("http://", "https://")):
+        page = f"{uri.rstrip('/')}/#/models/{train['registered_model']}/versions/{train['version']}"
+        return f"[{train['model_uri']}]({page})"
+    return f"`{train['model_uri']}` in `{uri}`"
+
+
+def summary_markdown(out: dict[str, dict], data_dir: str) -> str:
+    """The pipeline's summary table (stage, outcome, reuse) with the manifest and model locations."""
+    rows = ["| stage | outcome | reused |", "|---|---|---|"]
+    for stage, summary in out.items():
+        if stage == "train":
+            m = summary["metrics"]
+            outcome = (
+                f"{summary['model']}: {summary['eval_split']} accuracy {m['accuracy']:.3f}, "
+                f"macro-F1 {m['macro_f1']:.3f}; @{summary['alias']}"
+            )
+            reused = "yes" if summary.get("reused") else "no"
+        else:
+            outcome = ", ".join(f"{k} {v}" for k, v in summary.get("status", {}).items())
+            if stage == "compress" and summary.get("bytes_in"):
+                outcome += f"; {summary['bytes_in'] / 1e6:.1f} MB -> {summary['bytes_out'] / 1e6:.1f} MB"
+            if stage == "split":
+                outcome += "; " + ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items())
+            reused = f"{summary['chunks_cached']}/{summary['chunks']} chunks" if "chunks" in summary else "-"
+        rows.append(f"| {stage} | {outcome} | {reused} |")
+    rows += ["", f"Manifest: `{Path(data_dir).resolve() / 'manifest.parquet'}`"]
+    if "train" in out:
+        rows.append(f"Model: {model_link(out['train'])}; MLflow run `{out['train']['run_id']}`")
+    return "\n".join(rows)

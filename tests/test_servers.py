@@ -107,6 +107,10 @@ def test_servers_deploy_and_run_the_pipeline_through_a_worker(datasets, tmp_path
         states = {flows[r["flow_id"]]: r["state_type"] for r in runs}
         assert states == {n: "COMPLETED" for n in ("emotion-pipeline", "compress", "crop", "split", "train")}
 
+        summary = [a for a in api(f"{api_url}/artifacts/filter", {}) if a["key"] == "pipeline-summary"]
+        assert len(summary) == 1 and "| train | vgg_small: test accuracy" in summary[0]["data"]
+        assert "/#/models/emotion-classifier/versions/1" in summary[0]["data"]
+
         import mlflow
 
         client = mlflow.MlflowClient(f"http://127.0.0.1:{mport}")
