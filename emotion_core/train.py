@@ -4,14 +4,17 @@ epoch checkpoints, so an interrupted training resumes from its last finished epo
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .dataset import PackedFaces, class_weights, make_tf_dataset
+from .dataset import PackedFaces, class_weights, make_tf_dataset, make_train_dataset
+from .imageio import atomic_write
 from .models import DEFAULT_MODEL, architecture_fingerprint, build_model, model_spec
 
 FINAL_NAME = "final.keras"
@@ -90,18 +93,21 @@ def train(
 ) -> TrainOutcome:
     """Train ``config.model`` on the packed train split, validating on the val split.
 
-    Work files live in ``work_dir``: an epoch backup (``keras.callbacks.BackupAndRestore``) so a
-    killed run resumes where it stopped, the per-epoch history, the best epoch's weights, and the
-    final model, whose presence makes a rerun skip training altogether.
+    Work files live in ``work_dir``: an epoch checkpoint (weights, optimizer and callback state),
+    the per-epoch history, the best epoch's weights, and the final model, whose presence makes a
+    rerun skip training altogether. Training is deterministic (seeded, deterministic ops, batches
+    and dropout masks that depend on the epoch alone), so a run killed at any point and resumed
+    from its last checkpoint ends with the same weights as an uninterrupted one.
     """
     import keras
+    import tensorflow as tf
 
     check_trainable(packed)
     config = config.resolved()
     spec = model_spec(config.model)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    history_csv, best_weights, final = work / "history.csv", work / "best.weights.h5", work / FINAL_NAME
+    history_csv, final = work / "history.csv", work / FINAL_NAME
     if final.is_file():
         history = _read_history(history_csv)
         model = keras.saving.load_model(final, compile=False, safe_mode=True)
@@ -109,51 +115,165 @@ def train(
 
     keras.mixed_precision.set_global_policy("float32")  # inference runs in float32; so does training
     keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
     x_train, y_train = packed.part("train")
     x_val, y_val = packed.part("val")
     has_val = len(x_val) > 0
     monitor = "val_accuracy" if has_val else "accuracy"
-    previous = _read_history(history_csv)
     model = build_model(config.model, config.input_size, len(packed.labels))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    cbs = [
-        keras.callbacks.BackupAndRestore(str(work / "backup")),
-        keras.callbacks.CSVLogger(str(history_csv), append=True),
-        keras.callbacks.ModelCheckpoint(
-            str(best_weights),
-            monitor=monitor,
-            mode="max",
-            save_best_only=True,
-            save_weights_only=True,
-            initial_value_threshold=max(previous[monitor]) if previous.get(monitor) else None,
-        ),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=config.patience),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss" if has_val else "loss", factor=spec.lr_factor, patience=spec.lr_patience
-        ),
-        *(callbacks or []),
-    ]
-    weights = class_weights(y_train, len(packed.labels)) if config.class_weighting else None
+    early = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=config.patience)
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss" if has_val else "loss", factor=spec.lr_factor, patience=spec.lr_patience
+    )
+    counters = {"early_stopping": early, "plateau": plateau}
+    checkpoint = epoch_checkpoint(work / "checkpoint", monitor, config.seed, counters)
+    start = checkpoint.restore(model)
+    _truncate_history(history_csv, start)
+    if start >= config.epochs or checkpoint.stopped:
+        return _finish(model, work, monitor, start)
+    dataset, steps = make_train_dataset(
+        x_train, y_train, config.batch_size, seed=config.seed, first_epoch=start, epochs=config.epochs
+    )
     model.fit(
-        make_tf_dataset(x_train, y_train, config.batch_size, training=True, seed=config.seed),
+        dataset,
         validation_data=make_tf_dataset(x_val, y_val, 256, training=False) if has_val else None,
+        initial_epoch=start,
         epochs=config.epochs,
-        class_weight=weights,
-        callbacks=cbs,
-        shuffle=False,  # tf.data shuffles
+        steps_per_epoch=steps,
+        class_weight=class_weights(y_train, len(packed.labels)) if config.class_weighting else None,
+        callbacks=[keras.callbacks.CSVLogger(str(history_csv), append=True), early, plateau, checkpoint]
+        + list(callbacks or []),
+        shuffle=False,  # the dataset is already in its (seed, epoch) order
         verbose=0,
     )
-    if best_weights.is_file():
-        model.load_weights(best_weights)
-    history = _read_history(history_csv)
+    return _finish(model, work, monitor, start)
+
+
+def _finish(model, work: Path, monitor: str, resumed_from: int) -> TrainOutcome:
+    """Load the best epoch's weights and write the final model (atomically)."""
+    best = best_weights_file(work / "checkpoint")
+    if best is not None:
+        model.load_weights(best)
+    history = _read_history(work / "history.csv")
     tmp = work / f".{FINAL_NAME}.tmp.keras"
     model.save(tmp)
-    tmp.replace(final)
-    return TrainOutcome(model, history, _best_epoch(history, monitor), len(previous.get("loss", [])), work)
+    tmp.replace(work / FINAL_NAME)
+    return TrainOutcome(model, history, _best_epoch(history, monitor), resumed_from, work)
+
+
+def _truncate_history(path: Path, epochs: int) -> None:
+    """Keep the history rows of the first ``epochs`` epochs (a killed run may have logged one more)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if len(lines) > epochs + 1:
+        atomic_write(path, "".join(lines[: epochs + 1] if epochs else []).encode())
+
+
+def _seed_generators(model) -> list:
+    return [sg for layer in model._flatten_layers() for sg in getattr(layer, "_seed_generators", [])]
+
+
+def best_weights_file(folder: Path) -> Path | None:
+    """The best epoch's weights named by a checkpoint folder's ``state.json``, if any."""
+    try:
+        name = json.loads((Path(folder) / "state.json").read_text()).get("best_file")
+    except (OSError, ValueError):
+        return None
+    return Path(folder) / name if name else None
+
+
+def epoch_checkpoint(folder: Path, monitor: str, seed: int, counters: dict):
+    """A Keras callback that checkpoints every epoch; see :func:`_checkpoint_class`."""
+    return _checkpoint_class()(Path(folder), monitor, seed, counters)
+
+
+@functools.cache
+def _checkpoint_class():
+    import keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """After each epoch: the weights (with the optimizer's state), the best weights and the
+        callbacks' counters, written atomically; :meth:`restore` resumes from them.
+
+        Files: ``epoch-<n>.weights.h5``, ``best-<n>.weights.h5`` and ``state.json``, which names them
+        and is replaced last, so a kill at any instant leaves a consistent checkpoint. At the start
+        of every epoch the dropout layers' random state is set from (seed, epoch), so an epoch's
+        masks do not depend on how many epochs this process ran before.
+        """
+
+        def __init__(self, folder: Path, monitor: str, seed: int, counters: dict):
+            super().__init__()
+            self.folder, self.monitor, self.seed, self.counters = folder, monitor, seed, counters
+            self.state: dict = {}
+            self.stopped = False
+
+        def restore(self, model) -> int:
+            """Load the last checkpoint into ``model``; returns the number of finished epochs."""
+            for partial in self.folder.glob(".tmp-*"):  # a save that a kill interrupted
+                partial.unlink(missing_ok=True)
+            try:
+                self.state = json.loads((self.folder / "state.json").read_text())
+            except (OSError, ValueError):
+                self.state = {}
+            epoch = int(self.state.get("epoch", 0))
+            if epoch:
+                model.optimizer.build(model.trainable_variables)
+                model.load_weights(self.folder / self.state["file"])
+                self.stopped = bool(self.state.get("stopped"))
+            return epoch
+
+        def on_train_begin(self, logs=None):
+            for name, callback in self.counters.items():  # after their own on_train_begin reset them
+                for attr, value in self.state.get(name, {}).items():
+                    setattr(callback, attr, value)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            for i, generator in enumerate(_seed_generators(self.model)):
+                generator.state.assign(keras.ops.convert_to_tensor([self.seed + i, epoch * 1_000_003], "uint32"))
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = float((logs or {}).get(self.monitor, float("-inf")))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            done = epoch + 1
+            state = dict(self.state, epoch=done, file=self._save(f"epoch-{done}.weights.h5"))
+            if state.get("best") is None or value > state["best"]:
+                state["best"], state["best_file"] = value, self._save(f"best-{done}.weights.h5")
+            for name, callback in self.counters.items():
+                state[name] = {
+                    attr: _plain(getattr(callback, attr))
+                    for attr in ("wait", "best", "cooldown_counter", "stopped_epoch", "best_epoch")
+                    if hasattr(callback, attr)
+                }
+            state["stopped"] = bool(getattr(self.model, "stop_training", False))
+            atomic_write(self.folder / "state.json", json.dumps(state).encode(), durable=True)
+            self.state = state
+            for old in self.folder.glob("*.weights.h5"):  # only what state.json names is kept
+                if old.name not in (state["file"], state["best_file"]):
+                    old.unlink(missing_ok=True)
+
+        def _save(self, name: str) -> str:
+            tmp = self.folder / f".tmp-{name}"
+            self.model.save_weights(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.folder / name)
+            return name
+
+    return EpochCheckpoint
+
+
+def _plain(value):
+    """A JSON-friendly copy of a callback counter (numpy scalars, infinities)."""
+    try:
+        return float(value) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        return None
 
 
 def _best_epoch(history: dict[str, list[float]], monitor: str = "val_accuracy") -> int:

@@ -56,6 +56,12 @@ def ensure_experiment(name: str = DEFAULT_EXPERIMENT, artifact_root: Path | None
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(_KIND_TAG) != _KIND:
+            client.set_experiment_tag(found.experiment_id, _KIND_TAG, _KIND)
         return found.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={_KIND_TAG: _KIND})
+
+
+# The MLflow 3 UI shows model-training views (not GenAI ones) for experiments of this kind.
+_KIND_TAG, _KIND = "mlflow.experimentKind", "custom_model_development"

@@ -100,6 +100,12 @@ def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
     outcome = train(packed, config, tmp_path / "work")
     assert outcome.resumed_from_epoch == 2
     assert len(outcome.history["loss"]) == 4  # epochs 1-2 before the crash, 3-4 after it
+    assert not list((tmp_path / "work").rglob(".tmp*"))
+    # deterministic: the resumed training ends with exactly the weights of an uninterrupted one
+    straight = train(packed, config, tmp_path / "straight")
+    assert straight.history == outcome.history
+    for a, b in zip(straight.model.get_weights(), outcome.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_untrainable_data_is_refused():
