@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     prefect, mlflow_url = running_url(args.data_dir, "prefect"), running_url(args.data_dir, "mlflow")
     if not prefect or not mlflow_url:
-        sys.exit(f"error: no servers run for {args.data_dir}; start them with `emotion server start -d {args.data_dir}`")
+        sys.exit(f"error: no servers run for {args.data_dir}; start them: emotion server start -d {args.data_dir}")
     args.out.mkdir(parents=True, exist_ok=True)
     flow_run = latest_pipeline_run(prefect)
     run_page, model_page = champion_pages(mlflow_url, args.model_name)

@@ -8,6 +8,9 @@ from pathlib import Path
 from emotion_core.chunks import ChunkRecords, chunk_key, file_fingerprints
 from emotion_core.imageio import tune_allocator
 
+# Failures that may not recur (disk full, I/O error): their chunk is not recorded as done.
+TRANSIENT = frozenset({"write_failed", "unreadable"})
+
 
 def run_recorded(
     stage: str,
@@ -30,5 +33,6 @@ def run_recorded(
         return {"chunk": chunk, "cached": True, "results": stored}
     tune_allocator()  # once per worker process; decoding full-size photos is the hot path
     results = [row for path in paths for row in work(path)]
-    records.put(key, chunk, results)
+    if not any(row.get("status") in TRANSIENT for row in results):
+        records.put(key, chunk, results)  # a chunk with a transient failure is done again next run
     return {"chunk": chunk, "cached": False, "results": results}

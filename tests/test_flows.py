@@ -1,10 +1,5 @@
 """Flow tests: the real Prefect flows on generated trees and on the real datasets."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -15,7 +10,7 @@ from typer.testing import CliRunner
 from emotion_core.manifest import read_manifest
 from flows.pipeline import emotion_pipeline
 from flows.stages import compress_flow, crop_flow
-from tests.conftest import ROOT, jpeg_bytes, photo_with_face
+from tests.conftest import jpeg_bytes, photo_with_face
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -135,54 +130,6 @@ def make_photo_tree(root: Path, yale: Path, n: int) -> None:
         gray = cv2.imread(str(faces[i % len(faces)]), cv2.IMREAD_GRAYSCALE)
         photo = photo_with_face(gray, seed=i, size=(960, 1280), scale=3.0)
         (folder / f"photo ({i}).jpg").write_bytes(jpeg_bytes(photo))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kill_during", ["compress", "crop"])
-def test_killed_pipeline_resumes_to_the_same_manifest(yale, tmp_path, kill_during):
-    from prefect.settings import PREFECT_API_URL
-
-    source = tmp_path / "input"
-    make_photo_tree(source, yale, 120)
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    emotion_pipeline(str(source), str(clean), until="split", chunk_size=16, workers=2)
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "flows",
-        "pipeline",
-        str(source),
-        "-d",
-        str(killed),
-        "--chunk-size",
-        "16",
-        "--workers",
-        "2",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    records = killed / "state" / kill_during
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if records.is_dir() and len(list(records.glob("*.json"))) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(list(records.glob("*.json")))
-    assert 0 < done_before < 8
-
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"{kill_during}: {done_before}/8 chunks reused" in rerun.stdout  # only unfinished chunks ran again
-    pd.testing.assert_frame_equal(
-        read_manifest(killed / "manifest.parquet")[0], read_manifest(clean / "manifest.parquet")[0]
-    )
-    assert not list(killed.rglob("*.tmp"))
-    faces = sorted(p.relative_to(killed) for p in (killed / "faces").rglob("*.png"))
-    assert faces == sorted(p.relative_to(clean) for p in (clean / "faces").rglob("*.png"))
 
 
 @pytest.mark.slow
