@@ -363,17 +363,10 @@ def demo_command(
         f"{rt['fps']:.0f} FPS with {rt['model']}",
         highlight=False,
     )
-    data_abs = data_dir.resolve()
     console.print(f"annotated video: {rt['annotated']}\nevents:          {rt['events']}", highlight=False)
-    console.print(f"finished in {result['elapsed_s']:.0f} s. Browse the results:", highlight=False)
+    console.print(f"finished in {result['elapsed_s']:.0f} s. Browse the results in the UIs:", highlight=False)
     console.print(
-        f"  Prefect UI: PREFECT_HOME={data_abs / 'prefect'} prefect server start   # then open http://127.0.0.1:4200",
-        highlight=False,
-        soft_wrap=True,
-    )
-    console.print(
-        f"  MLflow UI:  mlflow ui --backend-store-uri sqlite:///{data_abs / 'mlflow' / 'mlflow.db'} "
-        "--port 5000   # then open http://127.0.0.1:5000",
+        f"  emotion server start -d {data_dir}   # Prefect http://127.0.0.1:4200, MLflow http://127.0.0.1:5000",
         highlight=False,
         soft_wrap=True,
     )

@@ -112,7 +112,7 @@ def test_twenty_random_kills_end_with_the_clean_runs_manifest_and_model(yale, tm
     from prefect.settings import PREFECT_API_URL
 
     source = tmp_path / "input"
-    make_photo_tree(source, yale, 160)
+    make_photo_tree(source, yale, 120)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     done = subprocess.run(pipeline_cmd(source, clean), env=env, capture_output=True, text=True, timeout=600)

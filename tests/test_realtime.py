@@ -219,6 +219,18 @@ def test_tampered_or_foreign_model_is_refused(store, tmp_path):
     loaded = load_model("models:/emotion-classifier@champion", cache)
     assert loaded.labels == LABELS and loaded.input_size == 48
     keras_file = next(loaded.path.rglob("*.keras"))
+    # an archive whose config carries code (a Lambda): safe mode must refuse to deserialise it
+    import keras
+
+    marker = tmp_path / "code-ran"
+    inputs = keras.Input((48, 48, 1))
+    payload = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")  # noqa: S307
+    outputs = keras.layers.Lambda(payload)(inputs)
+    keras.Model(inputs, keras.layers.Dense(len(LABELS))(keras.layers.Flatten()(outputs))).save(keras_file)
+    marker.unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError, match="refusing to load"):
+        load_model("models:/emotion-classifier@champion", cache)
+    assert not marker.exists()
     keras_file.write_bytes(b"PK\x03\x04 not really a keras archive")
     with pytest.raises(ModelLoadError, match="refusing to load"):
         load_model("models:/emotion-classifier@champion", cache)
