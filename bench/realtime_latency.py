@@ -4,8 +4,9 @@
 
 Frames are 640x480 with 1, 3 or 6 real Yale faces moving across a textured background. The seed's
 loop runs the Haar cascade (1.3, 5) on the full frame every frame and ``model.predict`` per face; the
-project's client detects on a 320 px copy every 3rd frame, tracks in between, and classifies all
-faces of a frame in one traced call. Both use the same model weights. Run pinned to one core.
+project's client searches the whole frame (on a 320 px copy) every 30th frame, re-finds each tracked
+face in a window around its predicted box every 3rd frame, predicts positions in between, and
+classifies all faces of a frame in one traced call. Both use the same model weights. Run pinned to one core.
 """
 
 from __future__ import annotations

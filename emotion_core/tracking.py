@@ -52,6 +52,10 @@ class FaceTracker:
         self._frames_since_detection += 1
         return self.tracks
 
+    def predicted_boxes(self) -> list[np.ndarray]:
+        """Where each track is expected in the next frame (without advancing the tracks)."""
+        return [t.box + t.velocity for t in self.tracks]
+
     def update(self, detections: list[tuple[int, int, int, int]]) -> list[Track]:
         """Match this frame's detections to the tracks (greedy by IoU, then by centroid distance)."""
         gap = self._frames_since_detection + 1

@@ -34,7 +34,12 @@ def realtime(
     no_characters: Annotated[bool, typer.Option("--no-characters", help="Draw no emotion characters.")] = False,
     landmarks: Annotated[bool, typer.Option(help="Anchor characters to 68-point landmarks (extra).")] = False,
     stats: Annotated[bool, typer.Option(help="Show FPS and per-stage latency on screen and in the log.")] = False,
-    detect_every: Annotated[int, typer.Option(min=1, help="Run the detector every N frames while tracks hold.")] = 3,
+    detect_every: Annotated[
+        int, typer.Option(min=1, help="Look for the tracked faces around their boxes every N frames.")
+    ] = 3,
+    full_detect_every: Annotated[
+        int, typer.Option(min=1, help="Search the whole frame for new faces every N frames.")
+    ] = 30,
 ) -> None:
     """Label the faces of a live source with a registered emotion model."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -64,7 +69,13 @@ def realtime(
         fail(str(exc), 2)
     if loaded.from_cache:
         typer.echo(f"tracking server unreachable: using cached {loaded.name} v{loaded.version}", err=True)
-    options = Options(detect_every=detect_every, characters=not no_characters, stats=stats, max_frames=max_frames)
+    options = Options(
+        detect_every=detect_every,
+        full_detect_every=full_detect_every,
+        characters=not no_characters,
+        stats=stats,
+        max_frames=max_frames,
+    )
     app_ = RealtimeApp(loaded.model, loaded.labels, loaded.input_size, options)
     try:
         result = app_.run(source_handle, output=output, events=events, display=display)
