@@ -54,7 +54,7 @@ def champion_pages(mlflow_url: str, name: str) -> tuple[str, str]:
     """The MLflow UI pages of the champion's run and of the registered model."""
     import mlflow
 
-    client = mlflow.MlflowClient(mlflow_url)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
     version = client.get_model_version_by_alias(name, "champion")
     run = client.get_run(version.run_id)
     return (

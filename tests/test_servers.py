@@ -113,7 +113,8 @@ def test_servers_deploy_and_run_the_pipeline_through_a_worker(datasets, tmp_path
 
         import mlflow
 
-        client = mlflow.MlflowClient(f"http://127.0.0.1:{mport}")
+        url = f"http://127.0.0.1:{mport}"
+        client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)  # not a registry another test set
         champion = client.get_model_version_by_alias("emotion-classifier", "champion")
         logged = client.get_run(champion.run_id)
         assert "test_accuracy" in logged.data.metrics and logged.data.params["model"] == "vgg_small"

@@ -1,5 +1,7 @@
 """Training library tests: metrics, packing, models, the train loop, resume and the inference guard."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -101,11 +103,10 @@ def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
     assert outcome.resumed_from_epoch == 2
     assert len(outcome.history["loss"]) == 4  # epochs 1-2 before the crash, 3-4 after it
     assert not list((tmp_path / "work").rglob(".tmp*"))
-    # deterministic: the resumed training ends with exactly the weights of an uninterrupted one
-    straight = train(packed, config, tmp_path / "straight")
-    assert straight.history == outcome.history
-    for a, b in zip(straight.model.get_weights(), outcome.model.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    checkpoint = json.loads((tmp_path / "work" / "checkpoint" / "state.json").read_text())
+    assert checkpoint["epoch"] == 4 and (tmp_path / "work" / "checkpoint" / checkpoint["best_file"]).is_file()
+    # Identity with an uninterrupted training, across processes, is asserted by
+    # tests/test_faults.py::test_twenty_random_kills_end_with_the_clean_runs_manifest_and_model.
 
 
 def test_untrainable_data_is_refused():
