@@ -15,6 +15,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+#: Where a character's eyes (image-left, image-right) and mouth are, as fractions of its sprite's size.
+CHARACTER_ANCHORS = np.float32([[0.33, 0.42], [0.67, 0.42], [0.5, 0.68]])
+
 
 @dataclass(frozen=True)
 class CharacterStyle:
@@ -84,8 +87,9 @@ def render_character(label: str, size: int = 128) -> np.ndarray:
     cv2.circle(img, c, r, color, -1, cv2.LINE_AA)
     cv2.circle(img, c, r, (40, 40, 40, 255), max(1, s // 40), cv2.LINE_AA)
     ink = (30, 30, 30, 255)
+    (left_x, eye_y), _, (_, mouth_y) = CHARACTER_ANCHORS
     for side in (-1, 1):
-        ex, ey = int(s / 2 + side * s * 0.17), int(s * 0.42)
+        ex, ey = int(s / 2 + side * s * (0.5 - left_x)), int(s * eye_y)
         eh = max(1, int(s * 0.07 * st.eye_open))
         cv2.ellipse(img, (ex, ey), (int(s * 0.07), eh), 0, 0, 360, (255, 255, 255, 255), -1, cv2.LINE_AA)
         cv2.circle(img, (ex, ey), max(1, min(eh, int(s * 0.04))), ink, -1, cv2.LINE_AA)
@@ -93,7 +97,7 @@ def render_character(label: str, size: int = 128) -> np.ndarray:
         inner = (int(s / 2 + side * s * 0.08), int(by - s * 0.05 * tilt))
         outer = (int(s / 2 + side * s * 0.27), int(by + s * 0.03 * tilt))
         cv2.line(img, inner, outer, ink, max(2, s // 28), cv2.LINE_AA)
-    half, my = s * 0.17, s * 0.68
+    half, my = s * 0.17, s * mouth_y
     xs = np.linspace(-half, half, 20)
     curve = st.mouth_curve * s * 0.08
     upper = my + curve * (1 - (xs / half) ** 2) - curve * 0.5
@@ -171,9 +175,37 @@ def overlay(frame: np.ndarray, sprite: np.ndarray, center: tuple[float, float], 
     fx1, fy1 = min(frame.shape[1], x0 + size), min(frame.shape[0], y0 + size)
     if fx1 <= fx0 or fy1 <= fy0:
         return
-    part = sprite[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
+    _blend(frame, sprite[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0], fx0, fy0)
+
+
+def overlay_anchored(frame: np.ndarray, sprite: np.ndarray, targets: np.ndarray) -> None:
+    """Alpha-blend ``sprite`` onto ``frame`` with its eyes and mouth moved onto ``targets`` (3x2 pixel
+    positions of the image-left eye, image-right eye and mouth, as :func:`emotion_core.landmarks.anchors`
+    gives them): one affine warp, so the character tilts, turns and stretches with the face."""
+    size = sprite.shape[0]
+    m = cv2.getAffineTransform(CHARACTER_ANCHORS * size, np.asarray(targets, np.float32))
+    corners = cv2.transform(np.float32([[[0, 0]], [[size, 0]], [[0, size]], [[size, size]]]), m).reshape(-1, 2)
+    fx0, fy0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+    fx1 = min(frame.shape[1], int(np.ceil(corners[:, 0].max())))
+    fy1 = min(frame.shape[0], int(np.ceil(corners[:, 1].max())))
+    if fx1 <= fx0 or fy1 <= fy0:
+        return
+    m[:, 2] -= (fx0, fy0)
+    warped = cv2.warpAffine(sprite, m, (fx1 - fx0, fy1 - fy0), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
+    _blend(frame, warped, fx0, fy0)
+
+
+def draw_landmarks(frame: np.ndarray, points: np.ndarray, color: tuple[int, int, int]) -> None:
+    """Draw 68 landmark points as small dots."""
+    radius = max(1, int(round(np.ptp(points[:, 0]) / 90)))
+    for x, y in points.astype(int):
+        cv2.circle(frame, (int(x), int(y)), radius, color, -1, cv2.LINE_AA)
+
+
+def _blend(frame: np.ndarray, part: np.ndarray, x: int, y: int) -> None:
+    """Alpha-blend a BGRA ``part`` onto ``frame`` with its top-left corner at (x, y), in place."""
     alpha = part[:, :, 3:4].astype(np.float32) / 255
-    region = frame[fy0:fy1, fx0:fx1]
+    region = frame[y : y + part.shape[0], x : x + part.shape[1]]
     region[:] = (region * (1 - alpha) + part[:, :, :3] * alpha).astype(np.uint8)
 
 

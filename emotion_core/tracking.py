@@ -28,6 +28,7 @@ class Track:
     missed: int = 0  # consecutive detection rounds without a match
     hits: int = 1
     angle: float = 0.0  # in-plane tilt in degrees, from the eyes when found
+    landmarks: np.ndarray | None = None  # (68, 2) points of the last frame, with the landmarks extra
 
     def int_box(self) -> tuple[int, int, int, int]:
         x, y, w, h = (int(round(v)) for v in self.box)

@@ -11,8 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emotion_core.characters import eye_angle, overlay, render_character
+from emotion_core.characters import draw_landmarks, eye_angle, overlay, overlay_anchored, render_character
 from emotion_core.faces import DetectorConfig, FaceDetector
+from emotion_core.landmarks import anchors, roll_degrees
 from emotion_core.tracking import FaceTracker, Track, iou
 
 from .capture import FrameSource
@@ -30,6 +31,7 @@ class Options:
     working_size: int = 320  # detection runs on the frame reduced to this longest side
     min_neighbors: int = 4
     characters: bool = True
+    landmarks: object | None = None  # a LandmarkDetector (the [landmarks] extra) to fit and draw 68 points
     stats: bool = False
     max_frames: int | None = None
 
@@ -118,7 +120,11 @@ class RealtimeApp:
         probs = self.classifier(crops)
         for track, p in zip(visible, probs, strict=True):
             self.tracker.smooth(track, p)
-        if detect and self.options.characters:
+        if self.options.landmarks is not None:  # ~1 ms per face, every frame: the points follow the face
+            for track in visible:
+                track.landmarks = self.options.landmarks.fit(gray, _clip(track.int_box(), gray.shape))
+                track.angle = roll_degrees(track.landmarks)
+        elif detect and self.options.characters:
             for track, crop in zip(visible, crops, strict=True):
                 angle = eye_angle(crop, self.eyes)
                 track.angle = angle if angle is not None else 0.8 * track.angle
@@ -157,9 +163,13 @@ class RealtimeApp:
             text = f"#{track.id} {label} {conf:.0%}"
             cv2.putText(out, text, (x, max(14, y + h + 18)), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
             cv2.putText(out, text, (x, max(14, y + h + 18)), cv2.FONT_HERSHEY_SIMPLEX, 0.55, color, 1, cv2.LINE_AA)
-            if self.options.characters:
+            if self.options.characters and track.landmarks is not None:
+                overlay_anchored(out, render_character(label, 256), anchors(track.landmarks))
+            elif self.options.characters:
                 size = int(w * 0.6)
                 overlay(out, render_character(label), (x + w / 2, y - size * 0.35), size, track.angle)
+            if track.landmarks is not None:
+                draw_landmarks(out, track.landmarks, color)
         if self.options.stats:
             lines = [f"{fps:5.1f} fps"] + [f"{s} {times.get(s, 0):5.1f} ms" for s in STAGES]
             for i, line in enumerate(lines):
@@ -185,6 +195,8 @@ class RealtimeApp:
                     "probs": {label: round(float(p), 5) for label, p in zip(labels, track.probs, strict=True)},
                 }
             )
+            if track.landmarks is not None:  # with --landmarks: the 68 points, [[x, y], ...] in frame pixels
+                rows[-1]["landmarks"] = np.round(track.landmarks, 1).tolist()
         return rows
 
     def run(

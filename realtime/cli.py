@@ -32,7 +32,9 @@ def realtime(
     events: Annotated[Path | None, typer.Option(help="Write one JSON line per face per frame here.")] = None,
     max_frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames.")] = None,
     no_characters: Annotated[bool, typer.Option("--no-characters", help="Draw no emotion characters.")] = False,
-    landmarks: Annotated[bool, typer.Option(help="Anchor characters to 68-point landmarks (extra).")] = False,
+    landmarks: Annotated[
+        bool, typer.Option(help="Fit 68-point landmarks, draw them and put the characters on the faces (extra).")
+    ] = False,
     stats: Annotated[bool, typer.Option(help="Show FPS and per-stage latency on screen and in the log.")] = False,
     detect_every: Annotated[
         int, typer.Option(min=1, help="Look for the tracked faces around their boxes every N frames.")
@@ -50,8 +52,13 @@ def realtime(
     from .app import Options, RealtimeApp
     from .capture import CaptureError, open_source
 
+    landmark_detector = None
     if landmarks:
-        typer.echo("landmarks need the optional extra (pip install '.[landmarks]'); continuing without them")
+        from emotion_core.landmarks import load_landmarks
+
+        landmark_detector, reason = load_landmarks()
+        if landmark_detector is None:
+            typer.echo(f"{reason}; continuing without them", err=True)
     try:
         source_handle = open_source(source)
     except CaptureError as exc:
@@ -73,6 +80,7 @@ def realtime(
         detect_every=detect_every,
         full_detect_every=full_detect_every,
         characters=not no_characters,
+        landmarks=landmark_detector,
         stats=stats,
         max_frames=max_frames,
     )
