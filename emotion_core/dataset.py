@@ -86,11 +86,12 @@ def pack_faces(
     return PackedFaces(x, y, split, labels, key)
 
 
-def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced class weights (n / (k * count)); classes absent from ``y`` get weight 1."""
+def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> dict[int, float]:
+    """Class weights ``(n / (k * count)) ** power``: 1 balances the classes fully, 0.5 halfway in log
+    scale (FER2013's disgust, 1.5% of the faces, gets 3.1 instead of 9.4). Absent classes get 1."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     total = counts.sum()
-    return {i: float(total / (n_classes * c)) if c else 1.0 for i, c in enumerate(counts)}
+    return {i: float((total / (n_classes * c)) ** power) if c else 1.0 for i, c in enumerate(counts)}
 
 
 def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool, seed: int = 0):

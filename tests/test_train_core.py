@@ -10,7 +10,7 @@ from emotion_core.evaluate import compute_metrics, predict_probs
 from emotion_core.imageio import ImageError
 from emotion_core.manifest import from_records
 from emotion_core.models import build_model, model_names
-from emotion_core.train import EmptyTrainingData, TrainConfig, check_trainable, train
+from emotion_core.train import EmptyTrainingData, TrainConfig, check_trainable, cosine_rate, train
 
 
 def test_compute_metrics_against_hand_counts():
@@ -28,6 +28,15 @@ def test_compute_metrics_against_hand_counts():
 def test_class_weights_balance_rare_classes():
     w = class_weights(np.array([0] * 90 + [1] * 10), 3)
     assert w[1] == pytest.approx(9 * w[0]) and w[2] == 1.0
+    soft = class_weights(np.array([0] * 90 + [1] * 10), 3, power=0.5)
+    assert soft[1] == pytest.approx(3 * soft[0]) and soft[1] == pytest.approx(w[1] ** 0.5)
+
+
+def test_cosine_rate_warms_up_then_decays_to_two_percent():
+    rates = [cosine_rate(e, base=1e-3, epochs=26) for e in range(26)]
+    assert rates[0] == pytest.approx(5e-4) and rates[1] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(rates[1:], rates[2:], strict=False))
+    assert rates[-1] == pytest.approx(2e-5)
 
 
 def test_preprocess_face_sizes_and_colour():
@@ -38,12 +47,13 @@ def test_preprocess_face_sizes_and_colour():
 
 
 def test_model_registry():
-    assert {"seed_cnn", "vgg_small"} <= set(model_names())
+    assert {"seed_cnn", "vgg_small", "vgg_lite"} <= set(model_names())
     seed = build_model("seed_cnn", 48, 7)
     assert seed.count_params() == 4_478_727  # the seed's architecture, layer for layer
     kernels = [layer.kernel_size for layer in seed.layers if layer.__class__.__name__ == "Conv2D"]
     assert kernels == [(3, 3), (5, 5), (3, 3), (3, 3)]
     assert build_model("vgg_small", 48, 7).count_params() < seed.count_params() / 5
+    assert build_model("vgg_lite", 48, 7).count_params() < seed.count_params() / 5
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet9000", 48, 7)
 

@@ -9,27 +9,37 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-DEFAULT_MODEL = "vgg_small"
+DEFAULT_MODEL = "vgg_lite"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A builder ``(input_size, n_classes) -> keras.Model`` and its optimiser defaults."""
+    """A builder ``(input_size, n_classes) -> keras.Model`` and its optimiser defaults.
+
+    ``schedule`` is ``"plateau"`` (divide the rate by ``1/lr_factor`` after ``lr_patience`` epochs
+    without a better validation loss) or ``"cosine"`` (decay from ``learning_rate`` to zero over the
+    training's epochs, a function of the epoch alone).
+    """
 
     build: Callable
     learning_rate: float
     lr_factor: float
     lr_patience: int
+    schedule: str = "plateau"
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, learning_rate: float = 1e-3, lr_factor: float = 0.5, lr_patience: int = 3):
+def register(
+    name: str, *, learning_rate: float = 1e-3, lr_factor: float = 0.5, lr_patience: int = 3, schedule: str = "plateau"
+):
     """Decorator adding a model builder and its optimiser defaults to the registry."""
+    if schedule not in ("plateau", "cosine"):
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}")
 
     def wrap(builder: Callable) -> Callable:
-        MODELS[name] = ModelSpec(builder, learning_rate, lr_factor, lr_patience)
+        MODELS[name] = ModelSpec(builder, learning_rate, lr_factor, lr_patience, schedule)
         return builder
 
     return wrap
