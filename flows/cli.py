@@ -301,6 +301,7 @@ def evaluate_command(
     environment.configure(data_dir)
     import modelstore
     from emotion_core.evaluate import compute_metrics, load_labelled_faces, plot_confusion, predict_probs
+    from emotion_core.quality import median_sharpness, sharpness_shift
 
     try:
         modelstore.configure(environment.mlflow_uri(data_dir, tracking_uri))
@@ -311,6 +312,9 @@ def evaluate_command(
     if not len(faces.x):
         fail(f"no images in {data} have a label the model knows ({', '.join(loaded.labels)}); use --label-map")
     metrics = compute_metrics(faces.y, predict_probs(loaded.model, faces.x, flip_average=flip).argmax(1), loaded.labels)
+    shift = sharpness_shift(loaded.train_sharpness, median_sharpness(faces.x), f"the faces in {data}")
+    if shift:
+        typer.echo(f"warning: {shift}", err=True)
     if confusion:
         plot_confusion(metrics, confusion, title=f"{loaded.name} v{loaded.version} on {data.name}")
     if as_json:
@@ -320,6 +324,7 @@ def evaluate_command(
                     **metrics.as_dict(),
                     "skipped_labels": faces.skipped_labels,
                     "unreadable": faces.unreadable,
+                    "warnings": [shift] if shift else [],
                     "model": f"{loaded.name}/{loaded.version}",
                 }
             )

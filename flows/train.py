@@ -68,6 +68,7 @@ def register_task(
     import mlflow
 
     from emotion_core.evaluate import compute_metrics, plot_confusion, plot_history, predict_probs
+    from emotion_core.quality import median_sharpness, sharpness_shift
     from modelstore import ModelLoadError, load_model
     from modelstore.runs import log_model, log_report_files, promote
 
@@ -78,6 +79,10 @@ def register_task(
     x_train, y_train = packed.part("train")
     sample = slice(0, min(len(x_train), 2000))
     train_sample = compute_metrics(y_train[sample], predict_probs(model, x_train[sample]).argmax(1), packed.labels)
+    sharp = {s: median_sharpness(packed.part(s)[0]) for s in packed.counts()}
+    warnings = [w for s in ("val", "test") if (w := sharpness_shift(sharp["train"], sharp[s], f"the {s} faces"))]
+    for warning in warnings:
+        get_run_logger().warning(warning)
 
     def champion_score(uri: str) -> float | None:
         try:
@@ -96,8 +101,11 @@ def register_task(
                 **{f"{split}_recall_{label}": r for label, r in metrics.per_class_recall.items()},
                 "train_sample_inference_accuracy": train_sample.accuracy,
                 "best_epoch": outcome.best_epoch,
+                **{f"sharpness_median_{s}": v for s, v in sharp.items() if v is not None},
             }
         )
+        if warnings:
+            mlflow.set_tag("data_warning", " | ".join(warnings))
         with tempfile.TemporaryDirectory() as tmp:
             report = Path(tmp)
             plot_confusion(metrics, report / "confusion_matrix.png", title=f"{split} split")
@@ -105,7 +113,14 @@ def register_task(
             (report / "classification_report.txt").write_text(metrics.report() + "\n")
             (report / "label_map.json").write_text(json.dumps(dict(enumerate(packed.labels)), ensure_ascii=False))
             log_report_files(report)
-        version = log_model(model, packed.labels, config.input_size, x_train[..., None], registered_name)
+        version = log_model(
+            model,
+            packed.labels,
+            config.input_size,
+            x_train[..., None],
+            registered_name,
+            extra_metadata={"train_sharpness_median": sharp["train"]},
+        )
         registration = promote(registered_name, version, metrics.macro_f1, packed.labels, champion_score)
         mlflow.set_tags(
             {
@@ -122,6 +137,7 @@ def register_task(
         "eval_split": split,
         "metrics": metrics.as_dict(),
         "train_sample_inference_accuracy": train_sample.accuracy,
+        "warnings": warnings,
         "best_epoch": outcome.best_epoch,
         "epochs_run": len(outcome.history.get("loss", [])),
         "registered_model": registered_name,

@@ -32,6 +32,7 @@ class LoadedModel:
     version: str
     from_cache: bool
     path: Path
+    train_sharpness: float | None = None  # median Laplacian variance of the training faces, if logged
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -120,7 +121,10 @@ def load_model(uri: str, cache_dir: str | Path, offline: bool = False) -> Loaded
         raise ModelLoadError(f"model input shape {shape} is not (None, S, S, 1) grayscale faces")
     if model.output_shape[-1] != len(labels):
         raise ModelLoadError(f"model has {model.output_shape[-1]} outputs but {len(labels)} labels")
-    return LoadedModel(model, labels, int(shape[1]), name, str(version), from_cache, folder)
+    sharp = meta.get("train_sharpness_median")
+    return LoadedModel(
+        model, labels, int(shape[1]), name, str(version), from_cache, folder, float(sharp) if sharp else None
+    )
 
 
 def _download(name: str, version: str, folder: Path) -> None:

@@ -53,8 +53,16 @@ class Registration:
     reason: str
 
 
-def log_model(model, labels: tuple[str, ...], input_size: int, x_example: np.ndarray, registered_name: str) -> str:
-    """Log the model in Keras's native format with signature, input example and label set; register it.
+def log_model(
+    model,
+    labels: tuple[str, ...],
+    input_size: int,
+    x_example: np.ndarray,
+    registered_name: str,
+    extra_metadata: dict | None = None,
+) -> str:
+    """Log the model in Keras's native format with signature, input example and label set (plus
+    ``extra_metadata``, e.g. the training faces' sharpness); register it.
 
     Returns the new registered version. The model is saved into a folder made beforehand and
     logged as the run's ``model`` artefacts: MLflow 3.17's ``mlflow.keras.log_model`` writes the
@@ -74,7 +82,12 @@ def log_model(model, labels: tuple[str, ...], input_size: int, x_example: np.nda
             str(folder),
             signature=signature,
             input_example=example,
-            metadata={"labels": list(labels), "input_size": input_size, "input": "gray face, 0-255, float32"},
+            metadata={
+                "labels": list(labels),
+                "input_size": input_size,
+                "input": "gray face, 0-255, float32",
+                **(extra_metadata or {}),
+            },
         )
         mlflow.log_artifacts(str(folder), artifact_path="model")
     run_id = mlflow.active_run().info.run_id

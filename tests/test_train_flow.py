@@ -34,7 +34,7 @@ def test_training_logs_registers_and_loads_elsewhere(fer_data):
     client = mlflow.MlflowClient()
     run = client.get_run(result["run_id"])
     params, metrics = run.data.params, run.data.metrics
-    assert params["model"] == "vgg_small" and params["labels"].split(",")[0] == "angry"
+    assert params["model"] == "vgg_lite" and params["labels"].split(",")[0] == "angry"
     assert params["manifest_hash"] and int(params["n_train"]) > 500 and "version.keras" in params
     assert {"test_accuracy", "test_macro_f1", "test_recall_disgust", "val_loss", "loss"} <= set(metrics)
     assert [m.step for m in client.get_metric_history(result["run_id"], "loss")] == [1, 2]
@@ -163,3 +163,32 @@ def test_manifest_without_training_rows_is_refused(tmp_path):
     )
     result = CliRunner().invoke(app, ["train", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "no usable training rows" in result.output
+
+
+def test_evaluate_warns_when_faces_are_much_blurrier_or_sharper_than_training(fer_data, datasets, tmp_path):
+    """The model carries its training faces' sharpness; evaluating on a different domain says so."""
+    import cv2
+
+    from flows.cli import app
+
+    if not (fer_data / "training").exists():
+        train_flow(str(fer_data), preset="smoke", epochs=1)
+    same, blurred = tmp_path / "same", tmp_path / "blurred"
+    for label in ("happy", "sad"):
+        (same / label).mkdir(parents=True)
+        (blurred / label).mkdir(parents=True)
+        for f in sorted((datasets / "fer2013" / "train" / label).glob("*.jpg"))[:15]:
+            (same / label / f.name).symlink_to(f)
+            gray = cv2.imdecode(np.fromfile(f, np.uint8), cv2.IMREAD_GRAYSCALE)
+            cv2.imwrite(str(blurred / label / f.name), cv2.GaussianBlur(gray, (0, 0), 3))
+    runner = CliRunner()
+    reports = {}
+    for folder in (same, blurred):
+        result = runner.invoke(app, ["evaluate", "--data", str(folder), "--data-dir", str(fer_data), "--json"])
+        assert result.exit_code == 0, result.output
+        reports[folder.name] = json.loads(result.output.strip().splitlines()[-1])
+    assert reports["same"]["warnings"] == []
+    assert (
+        len(reports["blurred"]["warnings"]) == 1
+        and "blurrier than the training faces" in reports["blurred"]["warnings"][0]
+    )
