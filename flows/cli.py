@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from emotion_core.models import DEFAULT_MODEL
+
 from . import environment
 
 app = typer.Typer(
@@ -190,7 +192,7 @@ def _pipeline_command(default_until: Stage, show_until: bool):
         task_runner: RunnerOpt = Runner.threads,
         workers: Workers = None,
         dask_address: DaskAddress = None,
-        model: Annotated[str, typer.Option(help="Model to train.", hidden=not show_until)] = "vgg_small",
+        model: Annotated[str, typer.Option(help="Model to train.", hidden=not show_until)] = DEFAULT_MODEL,
         preset: Annotated[str, typer.Option(help="Training preset.", hidden=not show_until)] = "cpu",
         epochs: Annotated[
             int | None, typer.Option(min=1, help="Override the preset's epochs.", hidden=not show_until)
@@ -241,7 +243,9 @@ for _stage in (Stage.compress, Stage.crop, Stage.split):
 @app.command("train")
 def train_command(
     data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
-    model: Annotated[str, typer.Option(help="Architecture: vgg_small (default) or seed_cnn.")] = "vgg_small",
+    model: Annotated[
+        str, typer.Option(help=f"Architecture: {DEFAULT_MODEL} (default), vgg_small or seed_cnn.")
+    ] = DEFAULT_MODEL,
     preset: Annotated[
         str, typer.Option(help="cpu (30 epochs: ~2.4 h for FER2013 on 2 cores), gpu, seed, demo, smoke.")
     ] = "cpu",
