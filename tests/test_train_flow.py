@@ -37,6 +37,7 @@ def test_training_logs_registers_and_loads_elsewhere(fer_data):
     assert params["model"] == "vgg_lite" and params["labels"].split(",")[0] == "angry"
     assert params["manifest_hash"] and int(params["n_train"]) > 500 and "version.keras" in params
     assert {"test_accuracy", "test_macro_f1", "test_recall_disgust", "val_loss", "loss"} <= set(metrics)
+    assert metrics["sharpness_median_train"] > 0 and "sharpness_median_test" in metrics
     assert [m.step for m in client.get_metric_history(result["run_id"], "loss")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(result["run_id"], "report")}
     assert artifacts == {
