@@ -1,19 +1,27 @@
 """Training cost: the seed's way against this pipeline, back to back on the same FER2013 images.
 
-    python -m bench.training [--n 2048] [--epochs 1]
+    python -m bench.training [--n 2048] [--steps 12] [--json F]
 
-1. the input pipelines alone (samples/s, no model): Keras's directory iterator
-   (``image_dataset_from_directory``, decoding JPEGs every epoch) vs the packed uint8 cache fed
-   through ``tf.data`` with augmentation;
-2. seconds per epoch: ``seed_cnn`` on the directory iterator vs the default model on this pipeline,
-   measured on ``--n`` images and scaled to the 28,709 images of FER2013/train.
+1. The input pipelines alone (samples/s, no model; median of three passes over ``--n`` faces):
+   the seed's Keras ``DirectoryIterator`` (``ImageDataGenerator(horizontal_flip=True)
+   .flow_from_directory``: PIL decodes every JPEG every epoch; Keras 3 keeps it only as legacy),
+   the same iterator with this project's augmentation ranges, Keras 3's tf.data replacement
+   ``image_dataset_from_directory`` (no augmentation), and the packed uint8 cache fed through
+   ``tf.data`` with and without augmentation.
+2. Seconds per FER2013 epoch (28,709 faces, batch 64): the median of ``--steps`` timed training
+   steps after three warm-up steps, times the steps of an epoch. ``seed_cnn`` fed the seed's way,
+   every other registered model fed by this pipeline with the settings ``emotion train`` uses
+   (op determinism on). Timing single steps avoids the tracing and warm-up that a short ``fit``
+   mixes into its wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +33,8 @@ import numpy as np  # noqa: E402
 from bench.data_stages import datasets_dir  # noqa: E402
 
 FER_TRAIN = 28_709
+BATCH = 64
+WARMUP_STEPS = 3
 
 
 def sample_tree(n: int, dest: Path) -> list[tuple[Path, str]]:
@@ -37,66 +47,132 @@ def sample_tree(n: int, dest: Path) -> list[tuple[Path, str]]:
     return files
 
 
-def throughput(ds, epochs: int = 2) -> float:
-    count, start = 0, time.perf_counter()
-    for _ in range(epochs):
-        for x, _y in ds:
+def samples_per_s(batches, passes: int = 3) -> float:
+    """Median samples/s over ``passes`` full passes of an iterable of (x, y) batches."""
+    rates = []
+    for _ in range(passes):
+        count, start = 0, time.perf_counter()
+        for x, _y in batches():
             count += int(x.shape[0])
-    return count / (time.perf_counter() - start)
+        rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
-def epoch_seconds(model, ds, n: int) -> float:
+def seed_iterator(folder: str, **augmentation):
+    """The seed's input: ``ImageDataGenerator.flow_from_directory``, 48x48 grayscale, batch 64."""
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    generator = ImageDataGenerator(rescale=1.0 / 255, **augmentation)
+    return generator.flow_from_directory(
+        folder,
+        target_size=(48, 48),
+        color_mode="grayscale",
+        batch_size=BATCH,
+        class_mode="sparse",
+        shuffle=True,
+        seed=1,
+    )
+
+
+def seconds_per_epoch(model, data, steps: int) -> dict[str, float]:
+    """Median seconds of one training step (after warm-up) and the FER2013 epoch it implies."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(5e-4), loss="sparse_categorical_crossentropy")
-    model.fit(ds.take(2), epochs=1, verbose=0)  # trace and warm up
-    start = time.perf_counter()
-    model.fit(ds, epochs=1, verbose=0)
-    return (time.perf_counter() - start) * FER_TRAIN / n
+    times: list[float] = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=5e-4), loss="sparse_categorical_crossentropy")
+    model.fit(data, epochs=1, steps_per_epoch=WARMUP_STEPS + steps, callbacks=[StepTimer()], verbose=0)
+    step = statistics.median(times[WARMUP_STEPS:])
+    return {"s_per_step": step, "s_per_fer_epoch": step * math.ceil(FER_TRAIN / BATCH), "params": model.count_params()}
+
+
+def time_model(name: str, n: int, steps: int) -> dict[str, float]:
+    """Seconds per FER2013 epoch of one model: ``seed_cnn`` fed the seed's way, the others by this
+    pipeline with op determinism on, as ``emotion train`` runs them."""
+    import tensorflow as tf
+
+    from emotion_core.dataset import make_train_dataset, preprocess_face
+    from emotion_core.imageio import decode, read_bytes
+    from emotion_core.models import build_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = sample_tree(n, Path(tmp))
+        if name == "seed_cnn":
+            return seconds_per_epoch(build_model(name, 48, 7), seed_iterator(tmp, horizontal_flip=True), steps)
+        classes = sorted({c for _, c in files})
+        x = np.stack([preprocess_face(decode(read_bytes(f), mode="gray")) for f, _ in files])
+        y = np.array([classes.index(c) for _, c in files], np.int32)
+    tf.config.experimental.enable_op_determinism()
+    data, _ = make_train_dataset(x, y, BATCH, seed=1, first_epoch=0, epochs=4)
+    return seconds_per_epoch(build_model(name, 48, 7), data.repeat(), steps)
+
+
+def timed_in_fresh_process(name: str, n: int, steps: int) -> dict[str, float]:
+    """:func:`time_model` in a new process, so no model's timing inherits another's threads or memory."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(time_model, (name, n, steps))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=2048)
+    parser.add_argument("--n", type=int, default=2048, help="FER2013 training faces to sample")
+    parser.add_argument("--steps", type=int, default=12, help="timed training steps per model")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     import keras
 
     from emotion_core.dataset import make_tf_dataset, preprocess_face
     from emotion_core.imageio import decode, read_bytes
-    from emotion_core.models import DEFAULT_MODEL, build_model
+    from emotion_core.models import DEFAULT_MODEL, model_names
 
+    result: dict = {"n": args.n, "batch": BATCH, "machine": f"{os.cpu_count()} cores"}
     with tempfile.TemporaryDirectory() as tmp:
         files = sample_tree(args.n, Path(tmp))
-        n = len(files)
-        seed_ds = keras.utils.image_dataset_from_directory(
-            tmp,
-            color_mode="grayscale",
-            image_size=(48, 48),
-            batch_size=64,
-            label_mode="int",
-            shuffle=True,
-            seed=1,
-            verbose=False,
-        )
         classes = sorted({c for _, c in files})
         x = np.stack([preprocess_face(decode(read_bytes(f), mode="gray")) for f, _ in files])
         y = np.array([classes.index(c) for _, c in files], np.int32)
-        ours = make_tf_dataset(x, y, 64, training=True)
-        result = {
-            "n": n,
-            "input_seed_samples_per_s": throughput(seed_ds),
-            "input_ours_samples_per_s": throughput(ours),
-            "input_ours_no_augmentation_samples_per_s": throughput(make_tf_dataset(x, y, 64, training=False)),
-            "seed_cnn_seed_input_s_per_fer_epoch": epoch_seconds(build_model("seed_cnn", 48, len(classes)), seed_ds, n),
-            f"{DEFAULT_MODEL}_our_input_s_per_fer_epoch": epoch_seconds(
-                build_model(DEFAULT_MODEL, 48, len(classes)), ours, n
+        ours_ranges = dict(horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1)
+        ours_ranges.update(rotation_range=18, zoom_range=0.1)
+        seed_flip = seed_iterator(tmp, horizontal_flip=True)
+        seed_same = seed_iterator(tmp, **ours_ranges)
+        modern = keras.utils.image_dataset_from_directory(
+            tmp, color_mode="grayscale", image_size=(48, 48), batch_size=BATCH, seed=1, verbose=False
+        )
+        rates = {
+            "seed_directory_iterator_flip": samples_per_s(lambda: (seed_flip[i] for i in range(len(seed_flip)))),
+            "seed_directory_iterator_same_augmentation": samples_per_s(
+                lambda: (seed_same[i] for i in range(len(seed_same)))
             ),
+            "keras_image_dataset_from_directory_no_augmentation": samples_per_s(lambda: modern),
+            "ours_augmented": samples_per_s(lambda: make_tf_dataset(x, y, BATCH, training=True)),
+            "ours_no_augmentation": samples_per_s(lambda: make_tf_dataset(x, y, BATCH, training=False)),
         }
-    result["input_speedup"] = result["input_ours_samples_per_s"] / result["input_seed_samples_per_s"]
-    result["epoch_speedup"] = (
-        result["seed_cnn_seed_input_s_per_fer_epoch"] / result[f"{DEFAULT_MODEL}_our_input_s_per_fer_epoch"]
-    )
+        result["input_samples_per_s"] = rates
+        result["input_speedup_vs_seed"] = rates["ours_augmented"] / rates["seed_directory_iterator_flip"]
+        result["input_speedup_vs_seed_same_augmentation"] = (
+            rates["ours_augmented"] / rates["seed_directory_iterator_same_augmentation"]
+        )
+        result["input_speedup_vs_image_dataset_from_directory"] = (
+            rates["ours_augmented"] / rates["keras_image_dataset_from_directory_no_augmentation"]
+        )
+        print(json.dumps(result, indent=2), flush=True)
+
+    epochs = {"seed_cnn (seed's input)": timed_in_fresh_process("seed_cnn", args.n, args.steps)}
+    for name in (m for m in model_names() if m != "seed_cnn"):
+        epochs[name] = timed_in_fresh_process(name, args.n, args.steps)
+    result["training"] = epochs
+    baseline = epochs["seed_cnn (seed's input)"]["s_per_fer_epoch"]
+    result["epoch_speedup_vs_seed_cnn"] = {m: baseline / v["s_per_fer_epoch"] for m, v in epochs.items()}
+    result["default_model"] = DEFAULT_MODEL
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

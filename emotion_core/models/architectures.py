@@ -67,7 +67,7 @@ def vgg_lite(input_size: int, n_classes: int) -> keras.Model:
     """The default: a VGG-style network that keeps few channels at high resolution, where a CPU
     pays most per channel, and its depth at 12x12 and 6x6 (conv 16 | 48 | 96 96 | 192 192, each
     with BatchNorm, max-pool between stages, global average pooling, one dense layer). Trained with
-    a cosine learning-rate decay. About 3.5x the training samples per second of ``vgg_small``."""
+    a cosine learning-rate decay. About 2.6x the training samples per second of ``vgg_small`` (bench.training)."""
     inputs, x = _inputs(input_size)
     stages = ((16, 1, 0.0), (48, 1, 0.1), (96, 2, 0.2), (192, 2, None))
     for filters, convs, drop in stages:

@@ -1,0 +1,85 @@
+"""The training input pipeline: augmentation geometry, batch order, resumability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emotion_core.dataset import augment_faces, epoch_order, make_tf_dataset, make_train_dataset
+
+
+def dot_faces(n: int, x: int, y: int) -> np.ndarray:
+    faces = np.zeros((n, 48, 48), np.uint8)
+    faces[:, y - 1 : y + 2, x - 1 : x + 2] = 255
+    return faces
+
+
+def centroids(faces: np.ndarray) -> np.ndarray:
+    """(n, 2) intensity-weighted (x, y) centre of each face."""
+    grid_y, grid_x = np.mgrid[0:48, 0:48]
+    w = faces.astype(np.float64)
+    total = w.sum(axis=(1, 2))
+    return np.stack([(w * grid_x).sum(axis=(1, 2)) / total, (w * grid_y).sum(axis=(1, 2)) / total], axis=1)
+
+
+def test_no_augmentation_ranges_leave_faces_unchanged():
+    faces = np.random.default_rng(0).integers(0, 256, (16, 48, 48), dtype=np.uint8)
+    out = augment_faces(faces, np.random.default_rng(1), flip=False, shift=0, rotate=0, zoom=0)
+    assert np.array_equal(out, faces)
+
+
+def test_flip_mirrors_about_half_the_faces():
+    faces = np.random.default_rng(0).integers(0, 256, (400, 48, 48), dtype=np.uint8)
+    out = augment_faces(faces, np.random.default_rng(2), shift=0, rotate=0, zoom=0)
+    same = np.array([np.array_equal(o, f) for o, f in zip(out, faces, strict=True)])
+    mirrored = np.array([np.array_equal(o, f[:, ::-1]) for o, f in zip(out, faces, strict=True)])
+    assert np.all(same ^ mirrored)  # every face is exactly itself or its mirror image
+    assert 150 <= mirrored.sum() <= 250
+
+
+def test_shift_stays_within_ten_percent_of_the_size():
+    faces = dot_faces(300, 24, 24)
+    moved = centroids(augment_faces(faces, np.random.default_rng(3), flip=False, rotate=0, zoom=0)) - centroids(faces)
+    assert np.abs(moved).max() <= 0.1 * 48 + 0.5
+    assert np.abs(moved).max() > 0.07 * 48  # the range is used, not just its middle
+    assert abs(moved[:, 0].mean()) < 0.6 and abs(moved[:, 1].mean()) < 0.6  # centred
+
+
+def test_rotation_and_zoom_keep_their_ranges():
+    centre = 23.5
+    faces = dot_faces(300, 39, 24)  # 15.5 px right of the centre
+    after = centroids(augment_faces(faces, np.random.default_rng(4), flip=False, shift=0)) - centre
+    before = centroids(faces) - centre
+    angle = np.degrees(np.arctan2(after[:, 1], after[:, 0]) - np.arctan2(before[:, 1], before[:, 0]))
+    radius = np.hypot(*after.T) / np.hypot(*before.T)
+    assert np.abs(angle).max() <= 18 + 1.5 and np.abs(angle).max() > 12
+    assert radius.min() >= 1 / 1.1 - 0.03 and radius.max() <= 1 / 0.9 + 0.03
+
+
+def test_resumed_epochs_see_the_same_batches_as_an_uninterrupted_run():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (200, 48, 48), dtype=np.uint8)
+    y = rng.integers(0, 7, 200).astype(np.int32)
+    full, steps = make_train_dataset(x, y, 32, seed=5, first_epoch=0, epochs=3)
+    resumed, resumed_steps = make_train_dataset(x, y, 32, seed=5, first_epoch=2, epochs=3)
+    assert steps == resumed_steps == 6
+    full_batches = [(a.numpy(), b.numpy()) for a, b in full]
+    resumed_batches = [(a.numpy(), b.numpy()) for a, b in resumed]
+    assert len(full_batches) == 18 and len(resumed_batches) == 6
+    for (fa, fb), (ra, rb) in zip(full_batches[12:], resumed_batches, strict=True):
+        assert np.array_equal(fa, ra) and np.array_equal(fb, rb)
+    assert full_batches[0][0].shape == (32, 48, 48, 1) and full_batches[0][0].dtype == np.float32
+    # Epochs differ from each other, and labels follow their faces.
+    assert not np.array_equal(full_batches[0][1], full_batches[6][1])
+    order = epoch_order(200, 32, 5, 1)
+    assert np.array_equal(full_batches[6][1], y[order[0]])
+
+
+@pytest.mark.parametrize("n", [1, 64, 65])
+def test_evaluation_batches_keep_every_face_in_order(n):
+    x = np.random.default_rng(0).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+    y = np.arange(n, dtype=np.int32) % 7
+    batches = list(make_tf_dataset(x, y, 64, training=False))
+    faces = np.concatenate([a.numpy() for a, _ in batches])
+    labels = np.concatenate([b.numpy() for _, b in batches])
+    assert np.array_equal(faces[..., 0], x.astype(np.float32)) and np.array_equal(labels, y)
