@@ -288,6 +288,13 @@ def evaluate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a report.")] = False,
     confusion: Annotated[Path | None, typer.Option(help="Write the confusion matrix image here.")] = None,
     flip: Annotated[bool, typer.Option(help="Average with horizontally flipped faces.")] = False,
+    match_sharpness: Annotated[
+        bool,
+        typer.Option(
+            help="Blur faces much sharper than the model's training faces to their sharpness (a stop-gap "
+            "for a model trained on blurred faces)."
+        ),
+    ] = False,
     data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
     tracking_uri: TrackingUri = None,
 ) -> None:
@@ -305,7 +312,7 @@ def evaluate_command(
     environment.configure(data_dir)
     import modelstore
     from emotion_core.evaluate import compute_metrics, load_labelled_faces, plot_confusion, predict_probs
-    from emotion_core.quality import median_sharpness, sharpness_shift
+    from emotion_core.quality import blur_to_match, median_sharpness, sharpness_shift
 
     try:
         modelstore.configure(environment.mlflow_uri(data_dir, tracking_uri))
@@ -315,8 +322,13 @@ def evaluate_command(
         fail(str(exc))
     if not len(faces.x):
         fail(f"no images in {data} have a label the model knows ({', '.join(loaded.labels)}); use --label-map")
-    metrics = compute_metrics(faces.y, predict_probs(loaded.model, faces.x, flip_average=flip).argmax(1), loaded.labels)
-    shift = sharpness_shift(loaded.train_sharpness, median_sharpness(faces.x), f"the faces in {data}")
+    x, sigma = faces.x, 0.0
+    if match_sharpness and loaded.train_sharpness:
+        x, sigma = blur_to_match(faces.x, loaded.train_sharpness)
+        if sigma:
+            typer.echo(f"note: faces blurred with sigma {sigma:g} px to match the training faces' sharpness", err=True)
+    metrics = compute_metrics(faces.y, predict_probs(loaded.model, x, flip_average=flip).argmax(1), loaded.labels)
+    shift = sharpness_shift(loaded.train_sharpness, median_sharpness(x), f"the faces in {data}")
     if shift:
         typer.echo(f"warning: {shift}", err=True)
     if confusion:
@@ -329,6 +341,7 @@ def evaluate_command(
                     "skipped_labels": faces.skipped_labels,
                     "unreadable": faces.unreadable,
                     "warnings": [shift] if shift else [],
+                    "matched_blur_sigma": sigma,
                     "model": f"{loaded.name}/{loaded.version}",
                 }
             )

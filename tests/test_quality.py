@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from emotion_core.quality import median_sharpness, sharpness, sharpness_shift
+from emotion_core.quality import blur, blur_to_match, median_sharpness, sharpness, sharpness_shift
 
 
 def test_blur_lowers_sharpness_and_is_reported_as_a_shift():
@@ -23,3 +23,16 @@ def test_blur_lowers_sharpness_and_is_reported_as_a_shift():
     assert "blurrier" in sharpness_shift(sharp, soft, "the live faces")
     assert median_sharpness(np.zeros((0, 48, 48), np.uint8)) is None
     assert sharpness_shift(None, sharp, "x") is None
+
+
+def test_blur_to_match_finds_the_blur_of_the_training_faces():
+    rng = np.random.default_rng(1)
+    faces = np.kron(rng.integers(0, 256, (60, 12, 12)), np.ones((4, 4))).astype(np.uint8)
+    for sigma in (1.5, 3.0):
+        target = median_sharpness(blur(faces, sigma))
+        matched, found = blur_to_match(faces, target)
+        assert abs(found - sigma) <= 0.25, (sigma, found)
+        assert sharpness_shift(target, median_sharpness(matched), "x") is None
+    same, none = blur_to_match(faces, median_sharpness(faces) / 2)  # not sharper by the shift factor
+    assert none == 0.0 and same is faces
+    assert blur_to_match(faces[:0], 10.0)[1] == 0.0

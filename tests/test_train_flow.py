@@ -174,22 +174,30 @@ def test_evaluate_warns_when_faces_are_much_blurrier_or_sharper_than_training(fe
 
     if not (fer_data / "training").exists():
         train_flow(str(fer_data), preset="smoke", epochs=1)
-    same, blurred = tmp_path / "same", tmp_path / "blurred"
+    same, blurred, sharp = tmp_path / "same", tmp_path / "blurred", tmp_path / "sharp"
     for label in ("happy", "sad"):
-        (same / label).mkdir(parents=True)
-        (blurred / label).mkdir(parents=True)
+        for folder in (same, blurred, sharp):
+            (folder / label).mkdir(parents=True)
         for f in sorted((datasets / "fer2013" / "train" / label).glob("*.jpg"))[:15]:
             (same / label / f.name).symlink_to(f)
             gray = cv2.imdecode(np.fromfile(f, np.uint8), cv2.IMREAD_GRAYSCALE)
             cv2.imwrite(str(blurred / label / f.name), cv2.GaussianBlur(gray, (0, 0), 3))
+        for f in sorted((datasets / "fer2013" / "public_test" / label).glob("*.jpg"))[:15]:
+            (sharp / label / f.name).symlink_to(f)  # public_test is sharp, train is blurred here
     runner = CliRunner()
     reports = {}
-    for folder in (same, blurred):
-        result = runner.invoke(app, ["evaluate", "--data", str(folder), "--data-dir", str(fer_data), "--json"])
+    for folder, extra in ((same, []), (blurred, []), (sharp, []), (sharp, ["--match-sharpness"])):
+        args = ["evaluate", "--data", str(folder), "--data-dir", str(fer_data), "--json", *extra]
+        result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
-        reports[folder.name] = json.loads(result.output.strip().splitlines()[-1])
-    assert reports["same"]["warnings"] == []
+        reports[folder.name + "".join(extra)] = json.loads(result.output.strip().splitlines()[-1])
+    assert reports["same"]["warnings"] == [] and reports["same"]["matched_blur_sigma"] == 0
     assert (
         len(reports["blurred"]["warnings"]) == 1
         and "blurrier than the training faces" in reports["blurred"]["warnings"][0]
     )
+    assert "sharper than the training faces" in reports["sharp"]["warnings"][0]
+    # --match-sharpness blurs them to the training faces' sharpness (train here is about sigma 3 px).
+    matched = reports["sharp--match-sharpness"]
+    assert matched["warnings"] == [] and 1.5 <= matched["matched_blur_sigma"] <= 4.5
+    assert matched["n"] == reports["sharp"]["n"] == 30
