@@ -105,6 +105,7 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: 
         return make_train_dataset(x, y, batch_size, seed=seed, first_epoch=0, epochs=1)[0]
     import tensorflow as tf
 
+    _require_uint8(x)
     steps = -(-len(x) // batch_size)
 
     def batch(i):
@@ -130,6 +131,7 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: i
     """
     import tensorflow as tf
 
+    _require_uint8(x)
     steps = epoch_order(len(x), batch_size, seed, first_epoch).shape[0] if epochs > first_epoch else 0
     order = functools.lru_cache(maxsize=2)(lambda epoch: epoch_order(len(x), batch_size, seed, epoch))
 
@@ -141,6 +143,11 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: i
         return faces, y[idx].astype(np.int32)
 
     return _batches(tf.data.Dataset.range(steps * max(0, epochs - first_epoch)), batch, x.shape[1:]), steps
+
+
+def _require_uint8(x: np.ndarray) -> None:
+    if x.dtype != np.uint8 or x.ndim != 3:
+        raise TypeError(f"packed faces must be a (N, H, W) uint8 array, got {x.dtype} {x.shape}")
 
 
 def _batches(indices, make_batch, face_shape: tuple[int, ...]):

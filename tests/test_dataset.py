@@ -83,3 +83,11 @@ def test_evaluation_batches_keep_every_face_in_order(n):
     faces = np.concatenate([a.numpy() for a, _ in batches])
     labels = np.concatenate([b.numpy() for _, b in batches])
     assert np.array_equal(faces[..., 0], x.astype(np.float32)) and np.array_equal(labels, y)
+
+
+def test_faces_that_are_not_packed_uint8_are_refused():
+    y = np.zeros(4, np.int32)
+    with pytest.raises(TypeError, match="uint8"):
+        make_tf_dataset(np.zeros((4, 48, 48), np.float32), y, 2, training=False)
+    with pytest.raises(TypeError, match="uint8"):
+        make_train_dataset(np.zeros((4, 48, 48, 1), np.uint8), y, 2, seed=0, first_epoch=0, epochs=1)
