@@ -73,3 +73,42 @@ def blur_to_match(faces: np.ndarray, target: float, sample: int = 300) -> tuple[
     errors = [abs(np.log(max(float(np.median(sharpness(blur(probe, s)))), 1e-6) / target)) for s in MATCH_SIGMAS]
     sigma = float(MATCH_SIGMAS[int(np.argmin(errors))])
     return blur(faces, sigma), sigma
+
+
+class LiveSharpness:
+    """Compares the sharpness of live faces with the model's training faces, once enough are seen.
+
+    After ``warmup`` faces it decides once: if their median differs from ``target`` by
+    :data:`SHIFT_FACTOR`, :attr:`message` says so (one line, for the caller to show); with ``match``
+    and faces sharper than the training ones, every later face is blurred to their sharpness (the
+    sigma searched as in :func:`blur_to_match`). Called on each frame's preprocessed faces.
+    """
+
+    def __init__(self, target: float | None, match: bool = False, warmup: int = 30):
+        self.target, self.match, self.warmup = target, match, warmup
+        self.sigma = 0.0
+        self.message: str | None = None
+        self.decided = not target
+        self._seen: list[np.ndarray] = []
+
+    def __call__(self, faces: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.decided:
+            self._seen.extend(faces[: self.warmup - len(self._seen)])
+            if len(self._seen) >= self.warmup:
+                self._decide(np.stack(self._seen))
+        if not self.sigma:
+            return faces
+        return [cv2.GaussianBlur(f, (0, 0), self.sigma) for f in faces]
+
+    def _decide(self, seen: np.ndarray) -> None:
+        self.decided, self._seen = True, []
+        shift = sharpness_shift(self.target, median_sharpness(seen), "the live faces")
+        if shift is None:
+            return
+        if self.match:
+            _, self.sigma = blur_to_match(seen, self.target)
+        if self.sigma:
+            self.message = f"note: {shift}; blurring each face with sigma {self.sigma:g} px to match them"
+        else:
+            hint = "; --match-sharpness blurs them to match" if "sharper" in shift else ""
+            self.message = f"warning: {shift}{hint}"

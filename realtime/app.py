@@ -14,6 +14,7 @@ import numpy as np
 from emotion_core.characters import draw_landmarks, eye_angle, overlay, overlay_anchored, render_character
 from emotion_core.faces import DetectorConfig, FaceDetector
 from emotion_core.landmarks import anchors
+from emotion_core.quality import LiveSharpness
 from emotion_core.tracking import FaceTracker, Track, iou
 
 from .capture import FrameSource
@@ -34,6 +35,8 @@ class Options:
     landmarks: object | None = None  # a LandmarkDetector (the [landmarks] extra) to fit and draw 68 points
     stats: bool = False
     max_frames: int | None = None
+    train_sharpness: float | None = None  # the model's training faces' median sharpness, if it carries one
+    match_sharpness: bool = False  # blur live faces much sharper than the training faces to match them
 
 
 @dataclass
@@ -72,7 +75,8 @@ class RealtimeApp:
     def __init__(self, model, labels: tuple[str, ...], input_size: int, options: Options = Options()):
         self.labels = labels
         self.options = options
-        self.classifier = BatchClassifier(model, input_size, len(labels))
+        self.sharpness = LiveSharpness(options.train_sharpness, match=options.match_sharpness)
+        self.classifier = BatchClassifier(model, input_size, len(labels), adapt=self.sharpness)
         self.detector = FaceDetector(
             DetectorConfig(
                 working_size=options.working_size,
@@ -118,6 +122,9 @@ class RealtimeApp:
             x, y, w, h = _clip(track.int_box(), gray.shape)
             crops.append(gray[y : y + h, x : x + w])
         probs = self.classifier(crops)
+        if self.sharpness.message:  # said once, after the first 30 faces
+            log.warning(self.sharpness.message)
+            self.sharpness.message = None
         for track, p in zip(visible, probs, strict=True):
             self.tracker.smooth(track, p)
         t3 = time.perf_counter()

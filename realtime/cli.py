@@ -36,6 +36,10 @@ def realtime(
         bool, typer.Option(help="Fit 68-point landmarks, draw them and put the characters on the faces (extra).")
     ] = False,
     stats: Annotated[bool, typer.Option(help="Show FPS and per-stage latency on screen and in the log.")] = False,
+    match_sharpness: Annotated[
+        bool,
+        typer.Option(help="Blur faces much sharper than the model's training faces to their sharpness."),
+    ] = False,
     detect_every: Annotated[
         int, typer.Option(min=1, help="Look for the tracked faces around their boxes every N frames.")
     ] = 3,
@@ -83,6 +87,8 @@ def realtime(
         landmarks=landmark_detector,
         stats=stats,
         max_frames=max_frames,
+        train_sharpness=loaded.train_sharpness,
+        match_sharpness=match_sharpness,
     )
     app_ = RealtimeApp(loaded.model, loaded.labels, loaded.input_size, options)
     try:

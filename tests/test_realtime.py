@@ -239,3 +239,30 @@ def test_tampered_or_foreign_model_is_refused(store, tmp_path):
         load_model("models:/emotion-classifier@champion", cache)
     with pytest.raises(ModelLoadError, match="not of the form"):
         load_model("emotion-classifier", cache)
+
+
+def test_live_faces_sharper_than_the_training_faces_are_reported_once_and_can_be_matched(yale, caplog):
+    """A model carries its training faces' sharpness (FER2013's blurred train split: ~6); sharp live
+    faces get one warning, and with match_sharpness every later face is blurred to that sharpness."""
+    from emotion_core.models import build_model
+    from realtime.app import Options, RealtimeApp
+
+    model = build_model("vgg_lite", 48, len(LABELS))
+    frames = [cv2.imread(str(p)) for p in sorted(yale.glob("*/subject*.png"))[:45]]
+    outcomes = {}
+    for match in (False, True):
+        caplog.clear()
+        app = RealtimeApp(model, LABELS, 48, Options(train_sharpness=6.1, match_sharpness=match))
+        faces = sum(len(app.process(frame, i)[0]) for i, frame in enumerate(frames))
+        assert faces >= 30
+        outcomes[match] = (app.sharpness.sigma, [r.getMessage() for r in caplog.records if r.name == "realtime"])
+    sigma, messages = outcomes[False]
+    assert sigma == 0 and len(messages) == 1
+    assert messages[0].startswith("warning: the live faces are") and "sharper than the training faces" in messages[0]
+    sigma, messages = outcomes[True]
+    assert sigma >= 1.0 and len(messages) == 1 and messages[0].startswith("note: the live faces are")
+    caplog.clear()
+    plain = RealtimeApp(model, LABELS, 48, Options())  # a model without the figure: nothing to compare
+    for i, frame in enumerate(frames):
+        plain.process(frame, i)
+    assert not [r for r in caplog.records if r.name == "realtime"]
