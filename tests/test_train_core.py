@@ -119,6 +119,19 @@ def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
     # tests/test_faults.py::test_twenty_random_kills_end_with_the_clean_runs_manifest_and_model.
 
 
+def test_training_is_repeatable_in_one_process_after_other_training(tmp_path):
+    """Same data and config give the same weights even when the process trained another model in
+    between (the Prefect flow retries in-process); across processes: tests/test_faults.py."""
+    packed = packed_stripes(192, 32)
+    config = TrainConfig(epochs=2, batch_size=32, patience=10)
+    first = train(packed, config, tmp_path / "first")
+    train(packed, TrainConfig(model="vgg_small", epochs=1, batch_size=16, seed=7), tmp_path / "other")
+    second = train(packed, config, tmp_path / "second")
+    x_val = packed.part("val")[0]
+    assert second.history["loss"] == first.history["loss"]
+    assert np.array_equal(predict_probs(second.model, x_val), predict_probs(first.model, x_val))
+
+
 def test_untrainable_data_is_refused():
     x, y = stripes(10)
     with pytest.raises(EmptyTrainingData, match="no usable training rows"):
