@@ -219,13 +219,14 @@ def flush_to_disk() -> None:
     os.sync()
 
 
-def remove_stale_temps(root: str | os.PathLike) -> int:
-    """Delete temporary files left by a killed :func:`atomic_write` under ``root``; returns the count."""
+def remove_stale_temps(root: str | os.PathLike, recursive: bool = True) -> int:
+    """Delete temporary files left by a killed :func:`atomic_write` under ``root`` (or only in it,
+    not below, when not ``recursive``); returns the count."""
     count = 0
     root = Path(root)
     if not root.exists():
         return 0
-    for tmp in root.rglob(".*.tmp"):
+    for tmp in root.rglob(".*.tmp") if recursive else root.glob(".*.tmp"):
         try:
             tmp.unlink()
             count += 1

@@ -27,6 +27,14 @@ def manifest_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / MANIFEST_NAME
 
 
+def sweep_stale_temps(data_dir: str | Path, *folders: str) -> None:
+    """Remove the temporary files that writers killed mid-write left in the data directory itself
+    (the manifest) and in ``folders`` below it. Run under the data-directory lock, so none is live."""
+    remove_stale_temps(Path(data_dir), recursive=False)
+    for folder in folders:
+        remove_stale_temps(Path(data_dir) / folder)
+
+
 def _chunks(paths: list[str], chunk_size: int, runner: RunnerSpec):
     # Four chunks a worker at least: the last round of a stage then leaves a worker idle for a
     # quarter of a chunk at most, instead of up to a whole chunk (measured: 7 chunks on 2 workers
@@ -51,7 +59,7 @@ def compress_flow(
     runner = RunnerSpec(task_runner, workers, dask_address)
     with data_dir_lock(data_dir):
         found = discover(input_root)
-        remove_stale_temps(Path(data_dir) / "compressed")
+        sweep_stale_temps(data_dir, "compressed", "state/compress")
         chunks = _chunks([img.rel_path for img in found.images], chunk_size, runner)
         results, counts = run_chunks(
             compress_chunk,
@@ -101,7 +109,7 @@ def crop_flow(
     runner = RunnerSpec(task_runner, workers, dask_address)
     with data_dir_lock(data_dir):
         df, info = read_manifest(manifest_path(data_dir))
-        remove_stale_temps(Path(data_dir) / "faces")
+        sweep_stale_temps(data_dir, "faces", "state/crop")
         paths = df.loc[df["status"] == "ok", "compressed_path"].drop_duplicates().tolist()
         chunks = _chunks(paths, chunk_size, runner)
         results, counts = run_chunks(
@@ -148,6 +156,7 @@ def split_flow(
 ) -> dict:
     """Stage 3: assign a stratified, deterministic train/val/test split to every usable face."""
     with data_dir_lock(data_dir):
+        sweep_stale_temps(data_dir)
         summary = _assign(str(data_dir), list(ratios), seed)
     get_run_logger().info("split: %s", summary)
     return summary

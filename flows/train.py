@@ -19,7 +19,7 @@ from emotion_core.models import DEFAULT_MODEL
 from emotion_core.train import PRESETS, TrainConfig, TrainOutcome, check_trainable, train
 
 from .environment import DEFAULT_DATA_DIR, mlflow_uri
-from .stages import manifest_path
+from .stages import manifest_path, sweep_stale_temps
 
 DONE_NAME = "registered.json"
 
@@ -206,6 +206,7 @@ def train_flow(
     uri = modelstore.configure(mlflow_uri(data_dir, tracking_uri))
     local_store = uri.startswith("sqlite:")
     with data_dir_lock(data_dir):
+        sweep_stale_temps(data_dir, "cache", "training")
         packed = pack_task(str(data_dir), config.input_size)
         check_trainable(packed)
         work_dir = Path(data_dir) / "training" / config.key(packed.key)

@@ -52,9 +52,19 @@ def test_stage_flows_keep_the_manifest_current(small_tree, tmp_path):
     compress_flow(str(small_tree), str(data), workers=2)
     df, info = read_manifest(data / "manifest.parquet")
     assert info.stage == "compress" and df["face_path"].isna().all() and not (data / "faces").exists()
+    # Temporary files of writers killed mid-write (a done-record, the manifest) are swept by the
+    # next stage run, under the data-directory lock.
+    litter = [data / "state" / "compress" / ".0123.json.ab12.tmp", data / ".manifest.parquet.cd34.tmp"]
+    litter.append(data / "state" / "crop" / ".4567.json.ef56.tmp")
+    for path in litter:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
     crop_flow(str(data), face_mode="detect", workers=2)
     df, info = read_manifest(data / "manifest.parquet")
     assert info.stage == "crop" and df["faces_found"].notna().sum() == 10 and df["split"].isna().all()
+    assert not litter[1].exists() and not litter[2].exists()  # the crop stage's own and the manifest's
+    compress_flow(str(small_tree), str(data), workers=2)  # (its rerun skips every finished chunk)
+    assert not list(data.rglob("*.tmp"))
 
 
 def test_yale_faces_are_found_with_boxes_on_the_face(yale, tmp_path):

@@ -136,6 +136,10 @@ def test_remove_stale_temps(tmp_path):
     (tmp_path / "d" / "x.jpg").write_bytes(b"done")
     assert imageio.remove_stale_temps(tmp_path) == 1
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["x.jpg"]
+    (tmp_path / ".top.tmp").write_bytes(b"partial")
+    (tmp_path / "d" / ".deep.tmp").write_bytes(b"partial")
+    assert imageio.remove_stale_temps(tmp_path, recursive=False) == 1
+    assert (tmp_path / "d" / ".deep.tmp").exists() and not (tmp_path / ".top.tmp").exists()
 
 
 def pil_bytes(img, fmt: str, **kwargs) -> bytes:
