@@ -96,9 +96,9 @@ class LiveSharpness:
             self._seen.extend(faces[: self.warmup - len(self._seen)])
             if len(self._seen) >= self.warmup:
                 self._decide(np.stack(self._seen))
-        if not self.sigma:
+        if not self.sigma or not faces:
             return faces
-        return [cv2.GaussianBlur(f, (0, 0), self.sigma) for f in faces]
+        return list(blur(np.stack(faces), self.sigma))
 
     def _decide(self, seen: np.ndarray) -> None:
         self.decided, self._seen = True, []
