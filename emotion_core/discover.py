@@ -39,7 +39,8 @@ def discover(root: str | os.PathLike) -> Discovery:
     The layout is AIHub when every top-level folder with images parses as ``<emotion>_TRAIN_<trial>``,
     otherwise folder-per-class. Files with an image extension are listed even if they turn out not to
     be images, so later stages record them as failures instead of silently dropping them. Hidden files
-    and folders are skipped.
+    and folders are skipped. Folders that are symbolic links are followed, except a link back to a
+    folder it lies in (a loop), which is skipped.
     """
     root = Path(root)
     if not root.exists():
@@ -47,8 +48,16 @@ def discover(root: str | os.PathLike) -> Discovery:
     if not root.is_dir():
         raise InputError(f"input root is not a folder: {root}")
     by_folder: dict[str, list[str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    ancestors = {str(root): (os.path.realpath(root),)}  # real paths from the root down to each folder
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        chain = ancestors.pop(dirpath)
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in chain:
+                kept.append(d)
+                ancestors[os.path.join(dirpath, d)] = (*chain, real)
+        dirnames[:] = kept
         rel_dir = Path(dirpath).relative_to(root)
         if not rel_dir.parts:
             continue  # files directly in the root carry no label

@@ -74,3 +74,17 @@ def test_discover_errors(tmp_path):
     touch(tmp_path / "file.jpg")
     with pytest.raises(InputError, match="not a folder"):
         discover(tmp_path / "file.jpg")
+
+
+def test_discover_follows_symlinked_class_folders_but_not_loops(tmp_path):
+    data, root = tmp_path / "data", tmp_path / "root"
+    touch(data / "happy" / "1.jpg")
+    touch(data / "sad" / "deep" / "2.jpg")
+    root.mkdir()
+    (root / "happy").symlink_to(data / "happy", target_is_directory=True)
+    (root / "sad").symlink_to(data / "sad", target_is_directory=True)
+    (data / "sad" / "deep" / "again").symlink_to(data / "sad", target_is_directory=True)  # a loop
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a loop at the top
+    found = discover(root)
+    assert found.labels == ("happy", "sad")
+    assert [i.rel_path for i in found.images] == ["happy/1.jpg", "sad/deep/2.jpg"]
