@@ -11,7 +11,11 @@ import numpy as np
 
 @dataclass
 class Metrics:
-    """Accuracy, macro-F1, per-class recall and the confusion matrix (rows: truth, columns: prediction)."""
+    """Accuracy, macro-F1, per-class recall and the confusion matrix (rows: truth, columns: prediction).
+
+    Recall and macro-F1 cover the classes present in the true labels only: a model class with no
+    samples has no recall (it is listed in ``labels_without_samples``), rather than a recall of 0.
+    """
 
     accuracy: float
     macro_f1: float
@@ -20,12 +24,14 @@ class Metrics:
     labels: tuple[str, ...]
     n: int
     per_class_precision: dict[str, float] = field(default_factory=dict)
+    labels_without_samples: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
             "per_class_recall": self.per_class_recall,
+            "labels_without_samples": list(self.labels_without_samples),
             "n": self.n,
         }
 
@@ -34,10 +40,15 @@ class Metrics:
         lines = [f"{'label':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
         support = self.confusion.sum(axis=1)
         for i, label in enumerate(self.labels):
+            if label not in self.per_class_recall:
+                continue
             p, r = self.per_class_precision[label], self.per_class_recall[label]
             f1 = 2 * p * r / (p + r) if p + r else 0.0
             lines.append(f"{label:<14}{p:>10.3f}{r:>10.3f}{f1:>10.3f}{int(support[i]):>10d}")
         lines.append(f"\naccuracy {self.accuracy:.4f}   macro-F1 {self.macro_f1:.4f}   n {self.n}")
+        if self.labels_without_samples:
+            absent = ", ".join(self.labels_without_samples)
+            lines.append(f"model classes with no samples here (not scored): {absent}")
         return "\n".join(lines)
 
 
@@ -56,11 +67,12 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str
     return Metrics(
         accuracy=float(tp.sum() / n) if n else 0.0,
         macro_f1=float(f1[present].mean()) if present.any() else 0.0,
-        per_class_recall={lbl: float(recall[i]) for i, lbl in enumerate(labels)},
+        per_class_recall={lbl: float(recall[i]) for i, lbl in enumerate(labels) if present[i]},
         confusion=cm,
         labels=tuple(labels),
         n=n,
         per_class_precision={lbl: float(precision[i]) for i, lbl in enumerate(labels)},
+        labels_without_samples=tuple(lbl for i, lbl in enumerate(labels) if not present[i]),
     )
 
 
