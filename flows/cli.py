@@ -11,9 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from emotion_core.models import DEFAULT_MODEL
+from emotion_core.train import PRESET_BUDGETS
 
 from . import environment
+
+PRESET_HELP = "; ".join(f"{name} ({budget})" for name, budget in PRESET_BUDGETS.items())
 
 app = typer.Typer(
     name="emotion",
@@ -192,8 +194,10 @@ def _pipeline_command(default_until: Stage, show_until: bool):
         task_runner: RunnerOpt = Runner.threads,
         workers: Workers = None,
         dask_address: DaskAddress = None,
-        model: Annotated[str, typer.Option(help="Model to train.", hidden=not show_until)] = DEFAULT_MODEL,
-        preset: Annotated[str, typer.Option(help="Training preset.", hidden=not show_until)] = "cpu",
+        model: Annotated[
+            str | None, typer.Option(help="Model to train (default: the preset's).", hidden=not show_until)
+        ] = None,
+        preset: Annotated[str, typer.Option(help=f"Training preset: {PRESET_HELP}.", hidden=not show_until)] = "cpu",
         epochs: Annotated[
             int | None, typer.Option(min=1, help="Override the preset's epochs.", hidden=not show_until)
         ] = None,
@@ -244,11 +248,10 @@ for _stage in (Stage.compress, Stage.crop, Stage.split):
 def train_command(
     data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
     model: Annotated[
-        str, typer.Option(help=f"Architecture: {DEFAULT_MODEL} (default), vgg_small or seed_cnn.")
-    ] = DEFAULT_MODEL,
-    preset: Annotated[
-        str, typer.Option(help="cpu (30 epochs: ~2.4 h for FER2013 on 2 cores), gpu, seed, demo, smoke.")
-    ] = "cpu",
+        str | None,
+        typer.Option(help="Architecture (default: the preset's): vgg_mid, vgg_wide, vgg_lite, vgg_small, seed_cnn."),
+    ] = None,
+    preset: Annotated[str, typer.Option(help=f"Training preset: {PRESET_HELP}.")] = "cpu",
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override the preset's batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Override the model's learning rate.")] = None,

@@ -10,7 +10,6 @@ from prefect.artifacts import create_markdown_artifact
 from emotion_core.chunks import DEFAULT_CHUNK_SIZE
 from emotion_core.compress import DEFAULT_QUALITY
 from emotion_core.lock import data_dir_lock
-from emotion_core.models import DEFAULT_MODEL
 from emotion_core.split import DEFAULT_RATIOS, DEFAULT_SEED
 
 from .environment import DEFAULT_DATA_DIR
@@ -34,7 +33,7 @@ def emotion_pipeline(
     task_runner: str = "threads",
     workers: int | None = None,
     dask_address: str | None = None,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     preset: str = "cpu",
     epochs: int | None = None,
     tracking_uri: str | None = None,

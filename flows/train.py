@@ -15,7 +15,6 @@ from emotion_core.dataset import PackedFaces, pack_faces
 from emotion_core.imageio import atomic_write
 from emotion_core.lock import data_dir_lock
 from emotion_core.manifest import read_manifest
-from emotion_core.models import DEFAULT_MODEL
 from emotion_core.train import PRESETS, TrainConfig, TrainOutcome, check_trainable, train
 
 from .environment import DEFAULT_DATA_DIR, mlflow_uri
@@ -185,7 +184,7 @@ def _start_or_resume_run(
 @flow(name="train", log_prints=True)
 def train_flow(
     data_dir: str = DEFAULT_DATA_DIR,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     preset: str = "cpu",
     epochs: int | None = None,
     batch_size: int | None = None,

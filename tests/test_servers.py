@@ -108,7 +108,7 @@ def test_servers_deploy_and_run_the_pipeline_through_a_worker(datasets, tmp_path
         assert states == {n: "COMPLETED" for n in ("emotion-pipeline", "compress", "crop", "split", "train")}
 
         summary = [a for a in api(f"{api_url}/artifacts/filter", {}) if a["key"] == "pipeline-summary"]
-        assert len(summary) == 1 and "| train | vgg_lite: test accuracy" in summary[0]["data"]
+        assert len(summary) == 1 and "| train | vgg_mid: test accuracy" in summary[0]["data"]
         assert "/#/models/emotion-classifier/versions/1" in summary[0]["data"]
 
         import mlflow
@@ -117,7 +117,7 @@ def test_servers_deploy_and_run_the_pipeline_through_a_worker(datasets, tmp_path
         client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)  # not a registry another test set
         champion = client.get_model_version_by_alias("emotion-classifier", "champion")
         logged = client.get_run(champion.run_id)
-        assert "test_accuracy" in logged.data.metrics and logged.data.params["model"] == "vgg_lite"
+        assert "test_accuracy" in logged.data.metrics and logged.data.params["model"] == "vgg_mid"
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)

@@ -1,6 +1,7 @@
 """Training library tests: metrics, packing, models, the train loop, resume and the inference guard."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,15 @@ from emotion_core.evaluate import compute_metrics, predict_probs
 from emotion_core.imageio import ImageError
 from emotion_core.manifest import from_records
 from emotion_core.models import build_model, model_names
-from emotion_core.train import EmptyTrainingData, TrainConfig, check_trainable, cosine_rate, train
+from emotion_core.train import (
+    PRESET_BUDGETS,
+    PRESETS,
+    EmptyTrainingData,
+    TrainConfig,
+    check_trainable,
+    cosine_rate,
+    train,
+)
 
 
 def test_compute_metrics_against_hand_counts():
@@ -23,6 +32,18 @@ def test_compute_metrics_against_hand_counts():
     assert m.macro_f1 == pytest.approx((2 / 3 + 0.8 + 0) / 3)
     assert m.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert "macro-F1" in m.report()
+
+
+def test_metrics_score_only_the_classes_present_in_the_data():
+    y_true = np.array([0, 0, 1, 1])
+    y_pred = np.array([0, 2, 1, 1])  # class c has no samples, but is predicted once
+    m = compute_metrics(y_true, y_pred, ("a", "b", "c"))
+    assert m.per_class_recall == pytest.approx({"a": 0.5, "b": 1.0})
+    assert m.labels_without_samples == ("c",) and m.as_dict()["labels_without_samples"] == ["c"]
+    assert m.macro_f1 == pytest.approx((2 / 3 + 1.0) / 2)  # a: p 1, r 1/2; b: p 1, r 1
+    report = m.report()
+    assert "model classes with no samples here (not scored): c" in report
+    assert not any(line.startswith("c ") for line in report.splitlines())
 
 
 def test_class_weights_balance_rare_classes():
@@ -46,8 +67,22 @@ def test_preprocess_face_sizes_and_colour():
     assert (preprocess_face(same) == same).all()
 
 
+def test_every_preset_states_its_budget_in_the_cli_help():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    assert set(PRESET_BUDGETS) == set(PRESETS)
+    assert all(m in model_names() for m in {p.model for p in PRESETS.values()})
+    result = CliRunner().invoke(app, ["train", "--help"])
+    text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # rich's box, wrapped lines joined
+    assert result.exit_code == 0
+    for name, budget in PRESET_BUDGETS.items():
+        assert f"{name} ({budget})" in text
+
+
 def test_model_registry():
-    assert {"seed_cnn", "vgg_small", "vgg_lite"} <= set(model_names())
+    assert {"seed_cnn", "vgg_small", "vgg_lite", "vgg_mid", "vgg_wide"} <= set(model_names())
     seed = build_model("seed_cnn", 48, 7)
     assert seed.count_params() == 4_478_727  # the seed's architecture, layer for layer
     kernels = [layer.kernel_size for layer in seed.layers if layer.__class__.__name__ == "Conv2D"]
@@ -77,9 +112,11 @@ def packed_stripes(n_train=384, n_val=64) -> PackedFaces:
     return PackedFaces(x, y, split, ("horizontal", "vertical"), "stripes")
 
 
-def test_training_learns_and_inference_matches_training(tmp_path):
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_training_learns_and_inference_matches_training(tmp_path, label_smoothing):
+    """Both losses: plain sparse cross-entropy, and the presets' label-smoothed one (one-hot targets)."""
     packed = packed_stripes()
-    config = TrainConfig(epochs=4, batch_size=32, patience=10)
+    config = TrainConfig(epochs=4, batch_size=32, patience=None, label_smoothing=label_smoothing)
     outcome = train(packed, config, tmp_path / "work")
     x_train, y_train = packed.part("train")
     probs = predict_probs(outcome.model, x_train)
@@ -89,7 +126,8 @@ def test_training_learns_and_inference_matches_training(tmp_path):
     # Guard against a train/inference mismatch (double rescaling, BatchNorm statistics, precision):
     assert inference_acc >= reported - 0.1
     x_val, y_val = packed.part("val")
-    keras_acc = outcome.model.evaluate(x_val[..., None].astype("float32"), y_val, verbose=0, return_dict=True)
+    targets = np.eye(2, dtype="float32")[y_val] if label_smoothing else y_val
+    keras_acc = outcome.model.evaluate(x_val[..., None].astype("float32"), targets, verbose=0, return_dict=True)
     ours = float((predict_probs(outcome.model, x_val).argmax(1) == y_val).mean())
     assert ours == pytest.approx(keras_acc["accuracy"], abs=1e-6)
     assert probs.dtype == np.float32
@@ -106,7 +144,7 @@ def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
                 raise RuntimeError("simulated crash after epoch 2")
 
     packed = packed_stripes(128, 32)
-    config = TrainConfig(epochs=4, batch_size=32, patience=10)
+    config = TrainConfig(epochs=4, batch_size=32, patience=None, label_smoothing=0.1)  # the presets' recipe
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(packed, config, tmp_path / "work", callbacks=[Crash()])
     outcome = train(packed, config, tmp_path / "work")
@@ -174,3 +212,34 @@ def test_default_tracking_uri_ignores_stores_configured_earlier(tmp_path):
     modelstore.configure(f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}")  # exports MLFLOW_TRACKING_URI
     uri = modelstore.default_tracking_uri(tmp_path / "data")
     assert uri == f"sqlite:///{(tmp_path / 'data').resolve() / 'mlflow' / 'mlflow.db'}"
+
+
+def test_architecture_fingerprint_follows_the_builders_code_only(tmp_path, monkeypatch):
+    """Editing or adding another model in the same module leaves a model's print (and so its
+    training key) alone; editing the model or a helper it calls changes it."""
+    import importlib
+    import sys
+
+    from emotion_core.models import MODELS, architecture_fingerprint
+
+    def module_with(helper_body: str, other_body: str) -> dict[str, str]:
+        (tmp_path / "fp_models.py").write_text(
+            "from emotion_core.models import register\n\n"
+            f"def _helper(n):\n    return {helper_body}\n\n"
+            "@register('fp_one')\ndef fp_one(size, n):\n    return _helper(n)\n\n"
+            f"@register('fp_two')\ndef fp_two(size, n):\n    return {other_body}\n"
+        )
+        sys.modules.pop("fp_models", None)
+        importlib.invalidate_caches()
+        importlib.import_module("fp_models")
+        return {name: architecture_fingerprint(name) for name in ("fp_one", "fp_two")}
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("emotion_core.models.MODELS", dict(MODELS))
+    first = module_with("n + 1", "n * 2")
+    other_edited = module_with("n + 1", "n * 3")
+    helper_edited = module_with("n + 2", "n * 3")
+    sys.modules.pop("fp_models", None)
+    assert first["fp_one"] != first["fp_two"]
+    assert other_edited["fp_one"] == first["fp_one"] and other_edited["fp_two"] != first["fp_two"]
+    assert helper_edited["fp_one"] != first["fp_one"]

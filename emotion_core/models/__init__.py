@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-DEFAULT_MODEL = "vgg_lite"
+DEFAULT_MODEL = "vgg_mid"
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,22 @@ def model_names() -> list[str]:
 
 
 def architecture_fingerprint(name: str) -> str:
-    """A hash of the source of the module defining model ``name``: changes when its code changes."""
+    """A hash of the source of model ``name``'s builder and of the module's functions it calls:
+    changes when that code changes, not when another model of the module is added or edited."""
     import hashlib
     import inspect
 
-    module = inspect.getmodule(model_spec(name).build)
-    return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:12]
+    build = model_spec(name).build
+    module = inspect.getmodule(build)
+    sources, seen, todo = [], set(), [build]
+    while todo:
+        function = todo.pop()
+        if function.__name__ in seen:
+            continue
+        seen.add(function.__name__)
+        sources.append(inspect.getsource(function))
+        for called in function.__code__.co_names:
+            target = getattr(module, called, None)
+            if inspect.isfunction(target) and target.__module__ == module.__name__:
+                todo.append(target)
+    return hashlib.sha256("".join(sources).encode()).hexdigest()[:12]
