@@ -58,7 +58,7 @@ PRESETS: dict[str, TrainConfig] = {
 #: --face-mode whole`, 2 cores (AMD EPYC, AVX-512) unless said otherwise. The CLI's help and the
 #: README quote these.
 PRESET_BUDGETS: dict[str, str] = {
-    "cpu": "48 epochs of vgg_mid, ~55 min on 2 cores",
+    "cpu": "48 epochs of vgg_mid, 53 min on 2 cores",
     "cpu-long": "150 epochs of vgg_wide, ~3.7 h on 2 cores (estimated from its epoch cost)",
     "gpu": "200 epochs of vgg_wide, batch 128 (not yet measured on a GPU)",
     "seed": "the seed's network and schedule, ~4.7 h on 2 cores",
