@@ -58,10 +58,10 @@ PRESETS: dict[str, TrainConfig] = {
 #: --face-mode whole`, 2 cores (AMD EPYC, AVX-512) unless said otherwise. The CLI's help and the
 #: README quote these.
 PRESET_BUDGETS: dict[str, str] = {
-    "cpu": "48 epochs of vgg_mid, 53 min on 2 cores",
-    "cpu-long": "150 epochs of vgg_wide, ~3.7 h on 2 cores (estimated from its epoch cost)",
-    "gpu": "200 epochs of vgg_wide, batch 128 (not yet measured on a GPU)",
-    "seed": "the seed's network and schedule, ~4.7 h on 2 cores",
+    "cpu": "48 epochs of vgg_mid: FER2013 end to end in 53 min on 2 cores",
+    "cpu-long": "150 epochs of vgg_wide: ~3.7 h for FER2013 on 2 cores, estimated from its epoch cost",
+    "gpu": "200 epochs of vgg_wide, batch 128: not yet measured on a GPU",
+    "seed": "the seed's network and schedule: ~4.7 h for FER2013 on 2 cores",
     "demo": "20 epochs, for the generated demo faces",
     "smoke": "1 epoch: checks that training runs",
 }
