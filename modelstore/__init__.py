@@ -2,12 +2,13 @@
 tracking setup, run logging, registration with champion/challenger aliases, and loading a
 registered model (with its label set) through a local cache. Imports no Prefect."""
 
-from .loading import LoadedModel, ModelLoadError, load_model, parse_model_uri
+from .loading import LoadedModel, ModelLoadError, ModelNotRegistered, load_model, parse_model_uri
 from .tracking import TrackingUnavailable, configure, default_tracking_uri, ensure_experiment
 
 __all__ = [
     "LoadedModel",
     "ModelLoadError",
+    "ModelNotRegistered",
     "TrackingUnavailable",
     "configure",
     "default_tracking_uri",

@@ -23,6 +23,10 @@ class ModelLoadError(RuntimeError):
     """A model that cannot be found, fetched or trusted."""
 
 
+class ModelNotRegistered(ModelLoadError):
+    """The registry answered, and has no model under that name and alias."""
+
+
 @dataclass
 class LoadedModel:
     model: object  # keras.Model
@@ -57,7 +61,7 @@ def _resolve_version(name: str, alias: str | None, version: str | None, cache: P
         resolved = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
-            raise ModelLoadError(f"no registered model {name!r} with alias {alias!r}") from None
+            raise ModelNotRegistered(f"no registered model {name!r} with alias {alias!r}") from None
         return _remembered(memory, name, alias, exc), True
     except Exception as exc:  # connection refused, DNS, timeouts: the server is down
         return _remembered(memory, name, alias, exc), True

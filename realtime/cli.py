@@ -51,7 +51,14 @@ def realtime(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     logging.basicConfig(level=logging.INFO if stats else logging.WARNING, format="%(message)s")
-    from modelstore import ModelLoadError, TrackingUnavailable, configure, default_tracking_uri, load_model
+    from modelstore import (
+        ModelLoadError,
+        ModelNotRegistered,
+        TrackingUnavailable,
+        configure,
+        default_tracking_uri,
+        load_model,
+    )
 
     from .app import Options, RealtimeApp
     from .capture import CaptureError, open_source
@@ -77,7 +84,13 @@ def realtime(
         loaded = load_model(model, Path(data_dir) / "mlflow" / "model-cache", offline=offline)
     except ModelLoadError as exc:
         source_handle.close()
-        fail(str(exc), 2)
+        hint = (
+            f"; register one in {data_dir} first: `emotion demo -d {data_dir}` (generated faces, ~3 min) or "
+            f"`emotion pipeline PHOTOS -d {data_dir}` (your labelled photos), or pass --model"
+            if isinstance(exc, ModelNotRegistered)
+            else ""
+        )
+        fail(f"{exc}{hint}", 2)
     if loaded.from_cache:
         typer.echo(f"tracking server unreachable: using cached {loaded.name} v{loaded.version}", err=True)
     options = Options(

@@ -193,7 +193,8 @@ def test_client_errors_are_one_line(store, tmp_path, yale):
         "models:/emotion-classifier@nope",
     )
     assert bad_alias.returncode == 2 and "no registered model" in bad_alias.stderr
-    assert "Traceback" not in bad_alias.stderr
+    assert f"emotion demo -d {tmp_path / 'd'}" in bad_alias.stderr  # says how to get one
+    assert "Traceback" not in bad_alias.stderr and bad_alias.stderr.count("error:") == 1
     missing = run_client("--source", str(tmp_path / "nope.mp4"), "--tracking-uri", uri)
     assert missing.returncode == 2 and "not a camera index" in missing.stderr
     camera = run_client("--source", "7", "--tracking-uri", uri)
