@@ -134,8 +134,8 @@ def train(
     x_val, y_val = packed.part("val")
     has_val = len(x_val) > 0
     monitor = "val_accuracy" if has_val else "accuracy"
-    model = build_model(config.model, config.input_size, len(packed.labels))
     n_classes = len(packed.labels)
+    model = build_model(config.model, config.input_size, n_classes)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
