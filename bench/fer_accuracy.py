@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from bench.data_stages import datasets_dir
+from emotion_core.evaluate import read_duplicate_list
 
 YALE_LABEL_MAP = "surprised=surprise,normal=neutral"
 
@@ -51,9 +52,7 @@ def evaluate(data: Path, data_dir: Path, *extra: str) -> dict:
 
 def public_test_without_duplicates(fer: Path, dest: Path) -> int:
     """Link public_test into ``dest`` minus the faces that duplicate train images; returns how many were left out."""
-    duplicates: set[str] = set()
-    for line in (fer / "train_duplicates_of_public_test.tsv").read_text().splitlines()[1:]:
-        duplicates.update(p for p in line.split("\t")[1].split(",") if p)
+    duplicates = read_duplicate_list(fer / "train_duplicates_of_public_test.tsv")
     for face in sorted((fer / "public_test").glob("*/*")):
         rel = f"{face.parent.name}/{face.name}"
         if rel not in duplicates:

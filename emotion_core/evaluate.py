@@ -162,6 +162,18 @@ class LabelledFaces:
     y: np.ndarray  # indices into the model's labels
     skipped_labels: dict[str, int]  # folder labels the model does not know -> image count
     unreadable: int
+    paths: tuple[str, ...] = ()  # each face's path relative to the root, aligned with x
+
+
+def read_duplicate_list(tsv: str | Path) -> set[str]:
+    """The public_test paths (``label/file``) that FER2013's ``train_duplicates_of_public_test.tsv``
+    lists as copies of train images (second column, comma-separated)."""
+    duplicates: set[str] = set()
+    for line in Path(tsv).read_text().splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) > 1:
+            duplicates.update(p for p in fields[1].split(",") if p)
+    return duplicates
 
 
 def load_labelled_faces(
@@ -204,4 +216,4 @@ def load_labelled_faces(
     good = [i for i, f in enumerate(faces) if f is not None]
     x = np.stack([faces[i] for i in good]) if good else np.zeros((0, size, size), np.uint8)
     y = np.array([keep[i][1] for i in good], dtype=np.int64)
-    return LabelledFaces(x, y, skipped, len(faces) - len(good))
+    return LabelledFaces(x, y, skipped, len(faces) - len(good), tuple(keep[i][0] for i in good))

@@ -123,6 +123,39 @@ def choose_faces(boxes: list[Box], policy: str) -> tuple[list[Box], str | None]:
     raise ValueError(f"unknown multi-face policy {policy!r}; choose one of {MULTI_FACE_POLICIES}")
 
 
+def is_whole_face(shape: tuple[int, ...], face_mode: str) -> bool:
+    """Whether an image of ``shape`` is taken as the face itself under ``face_mode``."""
+    if face_mode not in FACE_MODES:
+        raise ValueError(f"unknown face mode {face_mode!r}; choose one of {FACE_MODES}")
+    return face_mode == "whole" or (face_mode == "auto" and max(shape[:2]) <= AUTO_WHOLE_MAX_SIDE)
+
+
+def locate_faces(
+    gray: np.ndarray, face_mode: str = "auto", policy: str = "largest", config: DetectorConfig = DetectorConfig()
+) -> tuple[list[Box], int | None, str | None]:
+    """The face boxes the crop stage keeps in a grayscale image: ``(boxes, faces_found, reason)``.
+
+    ``faces_found`` is None when the image is the face (``whole``); ``reason`` says why no box
+    was kept. The crop stage and the served model both call this, so they find the same faces.
+    """
+    h, w = gray.shape[:2]
+    if is_whole_face(gray.shape, face_mode):
+        return [(0, 0, w, h)], None, None
+    detected = get_detector(config).detect(gray)
+    boxes, reason = choose_faces(detected, policy)
+    return boxes, len(detected), reason
+
+
+def cut_face(gray: np.ndarray, box: Box, max_side: int = 256) -> np.ndarray:
+    """The crop of ``box``, reduced so that its longer side is at most ``max_side``."""
+    x, y, bw, bh = box
+    crop = gray[y : y + bh, x : x + bw]
+    if max(bw, bh) > max_side:
+        f = max_side / max(bw, bh)
+        crop = cv2.resize(crop, (max(1, round(bw * f)), max(1, round(bh * f))), interpolation=cv2.INTER_AREA)
+    return crop
+
+
 def crop_file(
     data_root: Path,
     compressed_rel: str,
@@ -148,23 +181,13 @@ def crop_file(
         gray = decode(read_bytes(data_root / compressed_rel), mode="gray", max_pixels=max_pixels)
     except ImageError as exc:
         return [CropResult(compressed_rel, 0, None, None, None, None, None, None, exc.kind, exc.reason)]
-    h, w = gray.shape
-    whole = face_mode == "whole" or (face_mode == "auto" and max(h, w) <= AUTO_WHOLE_MAX_SIDE)
-    if whole:
-        boxes, found, reason = [(0, 0, w, h)], None, None
-    else:
-        detected = get_detector(config).detect(gray)
-        found = len(detected)
-        boxes, reason = choose_faces(detected, policy)
+    boxes, found, reason = locate_faces(gray, face_mode, policy, config)
     if not boxes:
         status = "no_face" if found == 0 else "multiple_faces"
         return [CropResult(compressed_rel, 0, None, None, None, None, None, found, status, reason)]
     results = []
     for index, (x, y, bw, bh) in enumerate(boxes):
-        crop = gray[y : y + bh, x : x + bw]
-        if max(bw, bh) > max_face_side:
-            f = max_face_side / max(bw, bh)
-            crop = cv2.resize(crop, (max(1, round(bw * f)), max(1, round(bh * f))), interpolation=cv2.INTER_AREA)
+        crop = cut_face(gray, (x, y, bw, bh), max_face_side)
         rel = face_name(compressed_rel, index)
         try:
             atomic_write(faces_root / rel, encode_png(crop))

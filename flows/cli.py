@@ -395,6 +395,85 @@ def demo_command(
         highlight=False,
         soft_wrap=True,
     )
+    console.print(
+        "The demo's model knows generated faces only. To label real faces (webcam 0), install the shipped "
+        f"FER2013 model:\n  emotion model install-pretrained -d {data_dir} && emotion realtime -d {data_dir} "
+        "--source 0 --display",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+model_app = typer.Typer(help="The FER2013 model shipped with the package: register it, or replace it.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("install-pretrained")
+def install_pretrained(
+    data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR), tracking_uri: TrackingUri = None
+) -> None:
+    """Register the shipped FER2013 model (no download) as models:/emotion-fer2013@champion; idempotent."""
+    environment.configure(data_dir)
+    import modelstore
+    from modelstore.pretrained import PretrainedError, install
+
+    try:
+        uri = modelstore.configure(environment.mlflow_uri(data_dir, tracking_uri))
+        artifacts = Path(data_dir).resolve() / "mlflow" / "artifacts" if uri.startswith("sqlite:") else None
+        done = install(artifacts)
+    except (PretrainedError, *_known_errors()) as exc:
+        fail(str(exc))
+    metrics = done.provenance.get("metrics", {})
+    state = "registered" if done.created else "already registered (nothing added):"
+    console.print(
+        f"{state} models:/{done.name}/{done.version} with aliases {', '.join('@' + a for a in done.aliases)} in {uri}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    accuracy, macro_f1 = (metrics.get(f"public_test_{k}", float("nan")) for k in ("accuracy", "macro_f1"))
+    console.print(
+        f"{done.provenance.get('recipe', '')}; FER2013 public_test accuracy {accuracy:.3f}, macro-F1 {macro_f1:.3f}\n"
+        f"FER2013 is research data (see the README's 'Shipped model').\n"
+        f"label faces live: emotion realtime -d {data_dir} --source 0 --display",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@model_app.command("export-pretrained")
+def export_pretrained(
+    public_test: Annotated[Path, typer.Option(help="FER2013 public_test folder to score the model on.")],
+    model: Annotated[str, typer.Option(help="Registered version to ship.")] = "models:/emotion-classifier@champion",
+    duplicates: Annotated[
+        Path | None, typer.Option(help="FER2013's train_duplicates_of_public_test.tsv (also scored without them).")
+    ] = None,
+    reproduce: Annotated[str, typer.Option(help="The command that reproduces the model.")] = "make pretrained",
+    data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Replace the shipped model with a registered version (maintainers: after retraining)."""
+    if not public_test.is_dir():
+        fail(f"public_test folder {public_test} does not exist")
+    environment.configure(data_dir)
+    import modelstore
+    from emotion_core.evaluate import read_duplicate_list
+    from modelstore.pretrained import SHIPPED_DIR, PretrainedError, export_registered
+
+    try:
+        modelstore.configure(environment.mlflow_uri(data_dir, tracking_uri))
+        exclude = read_duplicate_list(duplicates) if duplicates else None
+        info = export_registered(
+            model,
+            Path(data_dir) / "mlflow" / "model-cache",
+            public_test,
+            reproduce,
+            Path(__file__).resolve().parent.parent,
+            exclude,
+        )
+    except (PretrainedError, *_known_errors()) as exc:
+        fail(str(exc))
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items())
+    console.print(f"shipped model replaced at {SHIPPED_DIR}: {info['recipe']}; {scores}", highlight=False)
 
 
 server_app = typer.Typer(help="Local Prefect and MLflow servers for a data directory (UIs, deployments).")

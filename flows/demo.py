@@ -12,6 +12,10 @@ from emotion_core.synthetic import render_demo_video, write_demo_dataset
 
 from .pipeline import emotion_pipeline
 
+#: The demo registers its model under its own name: a model of generated faces never becomes the
+#: champion that ``emotion realtime`` picks for real faces.
+DEMO_MODEL_NAME = "emotion-demo"
+
 console = Console()
 
 
@@ -41,7 +45,13 @@ def run_demo(
         console.rule(f"[bold]1/3 using the dataset at {input_root}")
     console.rule("[bold]2/3 Prefect pipeline: compress -> crop -> split -> train -> register")
     result = emotion_pipeline(
-        str(input_root), str(data_dir), until="train", preset=preset, epochs=epochs, workers=workers
+        str(input_root),
+        str(data_dir),
+        until="train",
+        preset=preset,
+        epochs=epochs,
+        workers=workers,
+        registered_name=DEMO_MODEL_NAME,
     )
     console.rule("[bold]3/3 realtime client on a generated video (headless)")
     video = data_dir / "demo-video.mp4"
@@ -68,7 +78,7 @@ def run_realtime(data_dir: Path, video: Path, tracking_uri: str) -> dict:
     from realtime.capture import open_source
 
     configure(tracking_uri)
-    loaded = load_model("models:/emotion-classifier@champion", data_dir / "mlflow" / "model-cache")
+    loaded = load_model(f"models:/{DEMO_MODEL_NAME}@champion", data_dir / "mlflow" / "model-cache")
     app = RealtimeApp(loaded.model, loaded.labels, loaded.input_size, Options(stats=True))
     output, events = data_dir / "demo-annotated.mp4", data_dir / "demo-events.jsonl"
     stats = app.run(open_source(str(video)), output=output, events=events)

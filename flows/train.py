@@ -61,7 +61,13 @@ def fit_task(packed: PackedFaces, config: TrainConfig, work_dir: str, run_id: st
 
 @task(name="evaluate-and-register", cache_policy=NO_CACHE)
 def register_task(
-    packed: PackedFaces, outcome: TrainOutcome, config: TrainConfig, run_id: str, registered_name: str, cache_dir: str
+    packed: PackedFaces,
+    outcome: TrainOutcome,
+    config: TrainConfig,
+    run_id: str,
+    registered_name: str,
+    cache_dir: str,
+    preset: str = "cpu",
 ) -> dict:
     """Evaluate on the test split, log metrics and report images, log and register the model, set its alias."""
     import mlflow
@@ -69,7 +75,7 @@ def register_task(
     from emotion_core.evaluate import compute_metrics, plot_confusion, plot_history, predict_probs
     from emotion_core.quality import median_sharpness, sharpness_shift
     from modelstore import ModelLoadError, load_model
-    from modelstore.runs import log_model, log_report_files, promote
+    from modelstore.runs import describe_version, log_model, log_report_files, promote, version_summary
 
     split = "test" if packed.counts()["test"] else "val" if packed.counts()["val"] else "train"
     x_eval, y_eval = packed.part(split)
@@ -116,11 +122,19 @@ def register_task(
             model,
             packed.labels,
             config.input_size,
-            x_train[..., None],
+            x_train[0],
             registered_name,
             extra_metadata={"train_sharpness_median": sharp["train"]},
         )
         registration = promote(registered_name, version, metrics.macro_f1, packed.labels, champion_score)
+        description, tags = version_summary(
+            packed.labels,
+            {f"{split}_accuracy": metrics.accuracy, f"{split}_macro_f1": metrics.macro_f1},
+            {"manifest_hash": packed.key, **{f"n_{s}": n for s, n in packed.counts().items()}},
+            f"{preset} preset: {config.model}, {len(outcome.history.get('loss', []))} epochs "
+            f"(best {outcome.best_epoch}), run {run_id}",
+        )
+        describe_version(registered_name, version, description, {**tags, "preset": preset, "model": config.model})
         mlflow.set_tags(
             {
                 "registered_model": registered_name,
@@ -155,19 +169,24 @@ def _start_or_resume_run(
     packed: PackedFaces,
     labels: tuple[str, ...],
     manifest_key: str,
+    preset: str,
 ) -> str:
     import mlflow
 
-    from modelstore.runs import package_versions
+    from modelstore.runs import current_commit, package_versions
 
     marker = work_dir / "mlflow_run_id"
     if marker.is_file():
         return marker.read_text().strip()
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=f"{config.model}-{work_dir.name[:8]}")
+    commit = current_commit(Path(__file__).resolve().parent.parent)
+    run = client.create_run(
+        experiment_id, run_name=f"{config.model}-{work_dir.name[:8]}", tags={"mlflow.source.git.commit": commit}
+    )
     run_id = run.info.run_id
     params = {
         **{k: v for k, v in asdict(config).items()},
+        "preset": preset,
         "labels": ",".join(labels),
         "n_classes": len(labels),
         "manifest_hash": manifest_key,
@@ -218,10 +237,10 @@ def train_flow(
             shutil.rmtree(work_dir)
         artifacts = Path(data_dir).resolve() / "mlflow" / "artifacts" if local_store else None
         experiment_id = modelstore.ensure_experiment(experiment, artifacts)
-        run_id = _start_or_resume_run(work_dir, experiment_id, config, packed, packed.labels, packed.key)
+        run_id = _start_or_resume_run(work_dir, experiment_id, config, packed, packed.labels, packed.key, preset)
         outcome = fit_task(packed, config, str(work_dir), run_id)
         result = register_task(
-            packed, outcome, config, run_id, registered_name, str(Path(data_dir) / "mlflow" / "model-cache")
+            packed, outcome, config, run_id, registered_name, str(Path(data_dir) / "mlflow" / "model-cache"), preset
         )
         result["tracking_uri"] = uri
         atomic_write(done, json.dumps(result).encode())

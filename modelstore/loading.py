@@ -131,6 +131,24 @@ def load_model(uri: str, cache_dir: str | Path, offline: bool = False) -> Loaded
     )
 
 
+#: What ``emotion realtime`` labels with when no model is named: a model trained here, else the
+#: shipped FER2013 model (``emotion model install-pretrained``).
+DEFAULT_MODEL_URIS = ("models:/emotion-classifier@champion", "models:/emotion-fer2013@champion")
+
+
+def load_first(uris: tuple[str, ...], cache_dir: str | Path, offline: bool = False) -> LoadedModel:
+    """The first of ``uris`` that is registered (or, offline, cached); else the first one's error."""
+    first: ModelLoadError | None = None
+    for uri in uris:
+        try:
+            return load_model(uri, cache_dir, offline=offline)
+        except ModelLoadError as exc:
+            if not (isinstance(exc, ModelNotRegistered) or offline):
+                raise
+            first = first or exc
+    raise first or ModelLoadError("no model URI given")
+
+
 def _download(name: str, version: str, folder: Path) -> None:
     import mlflow
 

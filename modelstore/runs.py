@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,46 +54,101 @@ class Registration:
     reason: str
 
 
+def save_model_folder(
+    model,
+    labels: tuple[str, ...],
+    input_size: int,
+    folder: Path,
+    example_face: np.ndarray,
+    extra_metadata: dict | None = None,
+) -> None:
+    """Write an MLflow model folder: the Keras flavour (native ``.keras``, without optimizer state),
+    the image-in, emotion-out ``python_function`` flavour of :mod:`modelstore.serving`, its
+    signature and a one-face input example, and the label set in the metadata."""
+    from mlflow.models import Model
+    from mlflow.models.utils import _save_example
+
+    from . import serving
+
+    inference = keras.models.clone_model(model)  # the weights without the optimizer's state
+    inference.set_weights(model.get_weights())
+    mlflow.keras.save_model(
+        inference,
+        str(folder),
+        signature=infer_signature_of_tensors(inference, input_size),
+        metadata={
+            "labels": list(labels),
+            "input_size": input_size,
+            "input": "gray face, 0-255, float32 (keras flavour); images (python_function flavour)",
+            **(extra_metadata or {}),
+        },
+    )
+    mlmodel = Model.load(str(folder / "MLmodel"))
+    pyfunc = mlmodel.flavors.pop("python_function")
+    mlflow.pyfunc.add_to_model(
+        mlmodel,
+        loader_module="modelstore.serving",
+        data=mlmodel.flavors["keras"]["data"],
+        conda_env=pyfunc["env"]["conda"],
+        python_env=pyfunc["env"]["virtualenv"],
+    )
+    mlmodel.signature = serving.signature(tuple(labels))
+    for stale in ("input_example.json", "serving_input_example.json"):
+        (folder / stale).unlink(missing_ok=True)
+    _save_example(mlmodel, serving.input_example(example_face), str(folder))
+    mlmodel.save(str(folder / "MLmodel"))
+
+
+def infer_signature_of_tensors(model, input_size: int):
+    """The Keras flavour's own tensor signature (faces in, probabilities out)."""
+    from mlflow.models import infer_signature
+
+    example = np.zeros((1, input_size, input_size, 1), np.float32)
+    return infer_signature(example, np.asarray(model(example, training=False)))
+
+
 def log_model(
     model,
     labels: tuple[str, ...],
     input_size: int,
-    x_example: np.ndarray,
+    example_face: np.ndarray,
     registered_name: str,
     extra_metadata: dict | None = None,
 ) -> str:
-    """Log the model in Keras's native format with signature, input example and label set (plus
-    ``extra_metadata``, e.g. the training faces' sharpness); register it.
+    """Log the model (see :func:`save_model_folder`) as the active run's ``model`` artefacts and
+    register it; returns the new registered version.
 
-    Returns the new registered version. The model is saved into a folder made beforehand and
-    logged as the run's ``model`` artefacts: MLflow 3.17's ``mlflow.keras.log_model`` writes the
-    input example before creating its folder and fails.
+    The folder is written beforehand and logged as artefacts: MLflow 3.17's
+    ``mlflow.keras.log_model`` writes the input example before creating its folder and fails.
     """
     import tempfile
 
-    from mlflow.models import infer_signature
-
-    example = x_example[:2].astype(np.float32)
-    signature = infer_signature(example, np.asarray(model(example, training=False)))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        folder.mkdir()
-        mlflow.keras.save_model(
-            model,
-            str(folder),
-            signature=signature,
-            input_example=example,
-            metadata={
-                "labels": list(labels),
-                "input_size": input_size,
-                "input": "gray face, 0-255, float32",
-                **(extra_metadata or {}),
-            },
-        )
+        save_model_folder(model, labels, input_size, folder, example_face, extra_metadata)
         mlflow.log_artifacts(str(folder), artifact_path="model")
     run_id = mlflow.active_run().info.run_id
     version = mlflow.register_model(f"runs:/{run_id}/model", registered_name)
     return str(version.version)
+
+
+def describe_version(name: str, version: str, description: str, tags: dict[str, object]) -> None:
+    """Give a registered version a description and tags, so the registry page says what it is."""
+    client = mlflow.MlflowClient()
+    client.update_model_version(name, version, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def version_summary(
+    labels: tuple[str, ...], metrics: dict[str, float], data: dict[str, object], recipe: str
+) -> tuple[str, dict[str, object]]:
+    """The description and tags of a registered version: label set, data, scores and recipe."""
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+    sizes = ", ".join(f"{k} {v}" for k, v in data.items() if k.startswith("n_"))
+    description = f"{recipe}. Labels: {', '.join(labels)}. {scores}. Data: {sizes}."
+    tags = {"labels": ",".join(labels), **{k: f"{v:.4f}" for k, v in metrics.items()}, **data, "recipe": recipe}
+    return description, tags
 
 
 def promote(
@@ -133,3 +189,17 @@ def promote(
 def log_report_files(folder: Path) -> None:
     """Log every file of ``folder`` as run artefacts under ``report/``."""
     mlflow.log_artifacts(str(folder), artifact_path="report")
+
+
+def current_commit(repo: Path) -> str:
+    """The checked-out commit of ``repo`` (with ``-dirty`` when it has uncommitted changes)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")

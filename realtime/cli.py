@@ -20,9 +20,13 @@ def fail(message: str, code: int) -> None:
 
 def realtime(
     source: Annotated[str, typer.Option(help="Webcam index, video file, folder of images, or stream URL.")] = "0",
-    model: Annotated[str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder.")] = (
-        "models:/emotion-classifier@champion"
-    ),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder (default: models:/emotion-classifier"
+            "@champion, else the shipped models:/emotion-fer2013@champion)."
+        ),
+    ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: the flows' embedded store).")] = None,
     data_dir: Annotated[Path, typer.Option("--data-dir", "-d", help="Where the embedded store and cache live.")] = (
         Path("emotion-data")
@@ -52,12 +56,13 @@ def realtime(
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     logging.basicConfig(level=logging.INFO if stats else logging.WARNING, format="%(message)s")
     from modelstore import (
+        DEFAULT_MODEL_URIS,
         ModelLoadError,
         ModelNotRegistered,
         TrackingUnavailable,
         configure,
         default_tracking_uri,
-        load_model,
+        load_first,
     )
 
     from .app import Options, RealtimeApp
@@ -81,18 +86,22 @@ def realtime(
         except TrackingUnavailable as exc:
             typer.echo(f"{exc}; trying the local model cache", err=True)
             offline = True
-        loaded = load_model(model, Path(data_dir) / "mlflow" / "model-cache", offline=offline)
+        uris = (model,) if model else DEFAULT_MODEL_URIS
+        loaded = load_first(uris, Path(data_dir) / "mlflow" / "model-cache", offline=offline)
     except ModelLoadError as exc:
         source_handle.close()
         hint = (
-            f"; register one in {data_dir} first: `emotion demo -d {data_dir}` (generated faces, ~3 min) or "
-            f"`emotion pipeline PHOTOS -d {data_dir}` (your labelled photos), or pass --model"
+            f"; register one in {data_dir} first: `emotion model install-pretrained -d {data_dir}` (the shipped "
+            f"FER2013 model, seconds), `emotion pipeline PHOTOS -d {data_dir}` (your labelled photos) or "
+            f"`emotion demo -d {data_dir}` (generated faces), or pass --model"
             if isinstance(exc, ModelNotRegistered)
             else ""
         )
         fail(f"{exc}{hint}", 2)
     if loaded.from_cache:
         typer.echo(f"tracking server unreachable: using cached {loaded.name} v{loaded.version}", err=True)
+    elif not model:
+        typer.echo(f"model: models:/{loaded.name}/{loaded.version} ({', '.join(loaded.labels)})", err=True)
     options = Options(
         detect_every=detect_every,
         full_detect_every=full_detect_every,

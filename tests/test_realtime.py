@@ -83,7 +83,7 @@ def register_model(store: Path, labels=LABELS) -> str:
             build_model("vgg_small", 48, len(labels)),
             labels,
             48,
-            np.zeros((2, 48, 48, 1), np.float32),
+            np.zeros((48, 48), np.uint8),
             "emotion-classifier",
         )
     mlflow.MlflowClient().set_registered_model_alias("emotion-classifier", "champion", version)

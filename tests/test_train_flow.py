@@ -49,6 +49,25 @@ def test_training_logs_registers_and_loads_elsewhere(fer_data):
     model_files = {a.path for a in client.list_artifacts(result["run_id"], "model")}
     assert {"model/MLmodel", "model/input_example.json", "model/data"} <= model_files
     assert str(client.get_model_version_by_alias("emotion-classifier", "champion").version) == "1"
+    assert params["preset"] == "smoke" and run.data.tags["mlflow.source.git.commit"]
+
+    # The registry page says what the version is, without opening the run.
+    version = client.get_model_version("emotion-classifier", "1")
+    assert "smoke preset: vgg_mid, 2 epochs" in version.description and "test_accuracy" in version.description
+    assert version.tags["labels"].split(",") == list(params["labels"].split(","))
+    assert version.tags["manifest_hash"] == params["manifest_hash"] and version.tags["n_train"] == params["n_train"]
+    assert float(version.tags["test_macro_f1"]) == pytest.approx(metrics["test_macro_f1"], abs=1e-4)
+    assert version.tags["preset"] == "smoke" and version.tags["model"] == "vgg_mid"
+
+    # Its python_function flavour takes images: encoded face crops in, labels and boxes out.
+    import pandas as pd
+
+    faces = sorted((fer_data / "faces").rglob("*.png"))[:3]
+    served = mlflow.pyfunc.load_model("models:/emotion-classifier/1").predict(
+        pd.DataFrame({"image": [f.read_bytes() for f in faces]})
+    )
+    assert set(served["label"]) <= set(params["labels"].split(",")) and list(served["face"]) == ["whole"] * 3
+    assert served["box"][0] == [0, 0, 48, 48]
 
     # Unchanged data and parameters: the registered training is reused, not repeated.
     assert train_flow(str(fer_data), preset="smoke", epochs=2)["reused"] is True
