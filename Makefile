@@ -1,4 +1,4 @@
-.PHONY: install test lint demo bench
+.PHONY: install test lint demo bench pretrained
 
 install:
 	python3 -m venv .venv && .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -e '.[dev,landmarks]'
@@ -8,3 +8,12 @@ test:
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+# Retrain the shipped FER2013 model and replace modelstore/pretrained/fer2013 (README: "Shipped FER2013 model").
+FER ?= ../shared/datasets/fer2013
+PRETRAINED_DATA ?= pretrained-data
+pretrained:
+	.venv/bin/emotion pipeline $(FER)/train -d $(PRETRAINED_DATA) --face-mode whole --preset cpu
+	.venv/bin/emotion model export-pretrained -d $(PRETRAINED_DATA) --public-test $(FER)/public_test \
+		--duplicates $(FER)/train_duplicates_of_public_test.tsv \
+		--reproduce "make pretrained  (emotion pipeline $(FER)/train -d $(PRETRAINED_DATA) --face-mode whole --preset cpu; emotion model export-pretrained)"
