@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from emotion_core.stopping import Stopped
 from emotion_core.train import PRESET_BUDGETS
 
 from . import environment
@@ -89,6 +90,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from emotion_core.manifest import ManifestError
     from modelstore import ModelLoadError, TrackingUnavailable
 
+    from .embedded_api import EmbeddedApiError
     from .runner import StageFailed
 
     return (
@@ -98,6 +100,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         StageFailed,
         TrackingUnavailable,
         ModelLoadError,
+        EmbeddedApiError,
         ValueError,
         OSError,
     )
@@ -120,14 +123,17 @@ def _run_pipeline(input_root: Path, data_dir: Path, until: Stage, **params) -> N
     if not input_root.is_dir():
         fail(f"input root {input_root} does not exist or is not a folder")
     environment.configure(data_dir)
-    from .pipeline import emotion_pipeline
-
     try:
+        environment.start_api(data_dir)
+        from .pipeline import emotion_pipeline
+
         result = emotion_pipeline(str(input_root), str(data_dir), until=until.value, **params)
+    except (Stopped, KeyboardInterrupt):
+        raise  # before _known_errors(), whose imports would delay the exit by seconds
     except _known_errors() as exc:
         fail(str(exc))
     print_results(result, data_dir)
-    if os.environ.get("PREFECT_API_URL"):
+    if os.environ.get("PREFECT_API_URL") and os.environ["PREFECT_API_URL"] != environment.EMBEDDED_API_URL:
         console.print(f"flow runs: {os.environ['PREFECT_API_URL'].removesuffix('/api')}/runs", highlight=False)
 
 
@@ -261,9 +267,10 @@ def train_command(
 ) -> None:
     """Train a model on DATA_DIR's manifest, log the run to MLflow and register the model."""
     environment.configure(data_dir)
-    from .train import train_flow
-
     try:
+        environment.start_api(data_dir)
+        from .train import train_flow
+
         result = train_flow(
             str(data_dir),
             model=model,
@@ -275,6 +282,8 @@ def train_command(
             registered_name=registered_name,
             retrain=retrain,
         )
+    except (Stopped, KeyboardInterrupt):
+        raise  # before _known_errors(), whose imports would delay the exit by seconds
     except _known_errors() as exc:
         fail(str(exc))
     print_training(result)
@@ -321,6 +330,8 @@ def evaluate_command(
         modelstore.configure(environment.mlflow_uri(data_dir, tracking_uri))
         loaded = modelstore.load_model(model, Path(data_dir) / "mlflow" / "model-cache")
         faces = load_labelled_faces(data, loaded.labels, mapping, loaded.input_size)
+    except (Stopped, KeyboardInterrupt):
+        raise  # before _known_errors(), whose imports would delay the exit by seconds
     except _known_errors() as exc:
         fail(str(exc))
     if not len(faces.x):
@@ -373,12 +384,15 @@ def demo_command(
     if data is not None and not data.is_dir():
         fail(f"dataset folder {data} does not exist")
     environment.configure(data_dir)
-    from .demo import run_demo
-
     try:
+        environment.start_api(data_dir)
+        from .demo import run_demo
+
         result = run_demo(
             data_dir, data, per_class=per_class, preset=preset, epochs=epochs, frames=frames, workers=workers
         )
+    except (Stopped, KeyboardInterrupt):
+        raise  # before _known_errors(), whose imports would delay the exit by seconds
     except _known_errors() as exc:
         fail(str(exc))
     print_results({k: v for k, v in result.items() if k in ("compress", "crop", "split", "train")}, data_dir)
@@ -421,6 +435,8 @@ def install_pretrained(
         uri = modelstore.configure(environment.mlflow_uri(data_dir, tracking_uri))
         artifacts = Path(data_dir).resolve() / "mlflow" / "artifacts" if uri.startswith("sqlite:") else None
         done = install(artifacts)
+    except (Stopped, KeyboardInterrupt):
+        raise
     except (PretrainedError, *_known_errors()) as exc:
         fail(str(exc))
     metrics = done.provenance.get("metrics", {})
@@ -470,6 +486,8 @@ def export_pretrained(
             Path(__file__).resolve().parent.parent,
             exclude,
         )
+    except (Stopped, KeyboardInterrupt):
+        raise
     except (PretrainedError, *_known_errors()) as exc:
         fail(str(exc))
     scores = ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items())
@@ -539,13 +557,41 @@ def _print_servers(states) -> None:
         console.print(state.line(), highlight=False, soft_wrap=True)
 
 
+def _on_stop_signal(signum: int, _frame) -> None:
+    """First Ctrl-C or SIGTERM: stop submitting work, abandon running chunks, unwind (the flow run
+    is marked crashed, servers and workers stopped). A second one: kill every child and exit now."""
+    import signal
+
+    from emotion_core import stopping
+
+    if stopping.requested():
+        from .embedded_api import kill_descendants
+
+        kill_descendants()
+        os._exit(128 + signum)
+    stopping.request(signum)
+    raise stopping.Stopped(f"stopped by {signal.Signals(signum).name}")
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: Ctrl-C and SIGTERM stop the command within seconds (see README)."""
+    import signal
+
+    from emotion_core import stopping
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (`cmd &` in a script)
+        signal.signal(sig, _on_stop_signal)
     try:
         app()
-    except KeyboardInterrupt:
-        err_console.print("interrupted; rerun the same command to resume")
-        sys.exit(130)
+    except (stopping.Stopped, KeyboardInterrupt):
+        signum = stopping.signal_number() or signal.SIGINT
+        err_console.print(
+            f"stopped by {signal.Signals(signum).name}: finished chunks and training epochs are kept; "
+            "rerun the same command to resume",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(128 + signum)
 
 
 def _register_realtime() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from emotion_core.servers import running_url
 
 DEFAULT_DATA_DIR = "emotion-data"
+EMBEDDED_API_URL: str | None = None  # set when this command started its own API (no UI to point at)
 
 
 def configure(data_dir: str | os.PathLike | None = None) -> None:
@@ -46,3 +47,17 @@ def mlflow_uri(data_dir: str | os.PathLike, explicit: str | None = None) -> str:
     from modelstore.tracking import default_tracking_uri
 
     return default_tracking_uri(data_dir, explicit)
+
+
+def start_api(data_dir: str | os.PathLike) -> str | None:
+    """Start the embedded Prefect API for this command (see :mod:`flows.embedded_api`) unless a
+    server is configured (``PREFECT_API_URL``, or ``emotion server start`` for ``data_dir``).
+    Returns the API URL it started, or None."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from .embedded_api import start
+
+    global EMBEDDED_API_URL
+    home = Path(os.environ.get("PREFECT_HOME") or Path(data_dir).resolve() / "prefect").expanduser()
+    EMBEDDED_API_URL = start(home).url
+    return EMBEDDED_API_URL

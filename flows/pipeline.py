@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from emotion_core import stopping
 from emotion_core.chunks import DEFAULT_CHUNK_SIZE
 from emotion_core.compress import DEFAULT_QUALITY
 from emotion_core.lock import data_dir_lock
@@ -48,10 +49,13 @@ def emotion_pipeline(
     with data_dir_lock(data_dir):
         out["compress"] = compress_flow(input_root, data_dir, quality=quality, chunk_size=chunk_size, **runner)
         if stop >= 1:
+            stopping.raise_if_requested()
             out["crop"] = crop_flow(data_dir, face_mode=face_mode, policy=policy, chunk_size=chunk_size, **runner)
         if stop >= 2:
+            stopping.raise_if_requested()
             out["split"] = split_flow(data_dir, ratios=list(ratios), seed=seed)
         if stop >= 3:
+            stopping.raise_if_requested()
             out["train"] = train_flow(
                 data_dir,
                 model=model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from emotion_core import stopping
 from emotion_core.chunks import Chunk
 
 TASK_RUNNERS = ("threads", "processes", "dask")
@@ -29,13 +31,17 @@ def make_task_runner(kind: str = "threads", workers: int | None = None, dask_add
     workers = workers or default_workers()
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
-    if kind == "processes":
-        return ProcessPoolTaskRunner(max_workers=workers)
+    if kind == "processes":  # workers end within a second of a kill -9 of the command
+        return ProcessPoolTaskRunner(max_workers=workers, initializer=stopping.exit_with_parent)
     if kind == "dask":
         from prefect_dask import DaskTaskRunner
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
+        # The local cluster's own shutdown chatter (tracebacks of closed connections when Ctrl-C
+        # stops a run) stays off the terminal; task failures still reach the stage's one-line error.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
     raise ValueError(f"unknown task runner {kind!r}; choose one of {TASK_RUNNERS}")
 
@@ -75,6 +81,7 @@ def run_chunks(
     Every chunk is awaited even when some fail, so finished chunks are recorded and a rerun only
     redoes the failed ones; then :class:`StageFailed` is raised. Rows come back in chunk order.
     """
+    stopping.raise_if_requested()
     logger = get_run_logger()
     outputs: list[dict | None] = [None] * len(chunks)
     errors: list[str] = []
@@ -87,6 +94,7 @@ def run_chunks(
         }
         bar_id = bar.add_task(description, total=sum(len(c.paths) for c in chunks))
         for future in as_completed(list(futures)):
+            stopping.raise_if_requested()  # leaving the block cancels the chunks not yet started
             index = futures[future]
             try:
                 outputs[index] = future.result()

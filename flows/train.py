@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from emotion_core import stopping
 from emotion_core.dataset import PackedFaces, pack_faces
 from emotion_core.imageio import atomic_write
 from emotion_core.lock import data_dir_lock
@@ -224,6 +225,7 @@ def train_flow(
     uri = modelstore.configure(mlflow_uri(data_dir, tracking_uri))
     local_store = uri.startswith("sqlite:")
     with data_dir_lock(data_dir):
+        stopping.raise_if_requested()
         sweep_stale_temps(data_dir, "cache", "training")
         packed = pack_task(str(data_dir), config.input_size)
         check_trainable(packed)

@@ -133,5 +133,14 @@ def realtime(
 app.command()(realtime)
 
 
+def _stop(signum: int, _frame) -> None:
+    raise KeyboardInterrupt  # unwinds through RealtimeApp.run, which closes the window, video and events
+
+
 def main() -> None:
+    """``python -m realtime``: Ctrl-C and SIGTERM close the window, the video and the events file cleanly."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     app()

@@ -1,0 +1,199 @@
+"""The embedded Prefect API, started by the command as a child that cannot outlive it.
+
+Prefect's own ephemeral server is a plain subprocess: after SIGTERM or ``kill -9`` of the command
+it runs on, re-parented to init. This module starts the same server (``uvicorn`` over
+``prefect.server.api.server:create_app``, UI off, database under ``PREFECT_HOME``) itself, with
+``PR_SET_PDEATHSIG`` so the kernel kills it the moment the command dies, in its own session so a
+terminal's Ctrl-C reaches the command first (which still needs the API to record the stop), and
+with its pid recorded in ``PREFECT_HOME/embedded-api.json`` so a later run stops one that an older
+crash left behind (found by that pid, and only if it is this server). ``PREFECT_API_URL`` then
+points at it, so every worker (process pool, local Dask cluster) reports to this one server
+instead of starting its own. Pure standard library: nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from emotion_core.servers import pid_alive
+
+RECORD_NAME = "embedded-api.json"
+LOG_NAME = "embedded-api.log"
+APP = "prefect.server.api.server:create_app"
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedApiError(RuntimeError):
+    """The embedded Prefect API did not start."""
+
+
+@dataclass
+class EmbeddedApi:
+    process: subprocess.Popen
+    url: str  # the API URL, ending in /api
+    record: Path
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Terminate the server (kill it after ``timeout``) and remove its record."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        _remove_record(self.record, self.process.pid)
+
+
+def die_with_parent(sig: int = signal.SIGKILL):
+    """A ``preexec_fn`` that makes the child receive ``sig`` when the process that started it dies
+    (Linux ``PR_SET_PDEATHSIG``; a no-op elsewhere). Also exits at once if that process is already gone."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _is_embedded_api(pid: int) -> bool:
+    try:
+        return APP in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def stop_leftover(home: Path, grace: float = 3.0) -> int | None:
+    """Stop the server an earlier, crashed run recorded in ``home`` (by its pid, and only if that pid
+    still runs this server); returns its pid, or None when there was none."""
+    record = home / RECORD_NAME
+    try:
+        state = json.loads(record.read_text())
+        pid, owner = int(state["pid"]), int(state.get("parent") or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not pid_alive(pid) or not _is_embedded_api(pid):
+        record.unlink(missing_ok=True)  # gone, or the pid now belongs to another program
+        return None
+    if owner and owner != os.getpid() and pid_alive(owner):
+        return None  # the live API of a command that is running now
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    record.unlink(missing_ok=True)
+    return pid
+
+
+def _remove_record(record: Path, pid: int) -> None:
+    try:
+        if json.loads(record.read_text()).get("pid") == pid:
+            record.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def start(home: Path, timeout: float | None = None) -> EmbeddedApi:
+    """Start the embedded API with its database under ``home`` and point ``PREFECT_API_URL`` at it.
+
+    Stops a leftover of a crashed run first; the server is stopped at exit, and killed by the
+    kernel if this process dies without exiting.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    stop_leftover(home)
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or spec.origin is None:
+        raise EmbeddedApiError("prefect is not installed")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / LOG_NAME, "ab")  # noqa: SIM115 - the child keeps writing to it
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent), "--factory", APP]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        preexec_fn=die_with_parent(),  # noqa: PLW1509 - the command is still single-threaded here
+    )
+    log.close()
+    record = home / RECORD_NAME
+    record.write_text(json.dumps({"pid": process.pid, "port": port, "parent": os.getpid()}))
+    api = EmbeddedApi(process, f"http://127.0.0.1:{port}/api", record)
+    atexit.register(api.stop)
+    limit = timeout or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api.url}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        if process.poll() is not None:
+            tail = (home / LOG_NAME).read_text(errors="replace")[-500:]
+            raise EmbeddedApiError(f"the embedded Prefect API exited with code {process.returncode}: {tail}")
+        if time.monotonic() > deadline:
+            api.stop()
+            raise EmbeddedApiError(f"the embedded Prefect API did not answer within {limit:.0f} s")
+        time.sleep(0.1)
+    os.environ["PREFECT_API_URL"] = api.url
+    return api
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Every live descendant of ``pid`` (default: this process), read from ``/proc``."""
+    root = os.getpid() if pid is None else pid
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_descendants() -> None:
+    """SIGKILL every descendant of this process (the second Ctrl-C)."""
+    for pid in descendants():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
