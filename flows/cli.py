@@ -2,7 +2,6 @@
 after the embedded defaults are set, so ``--help`` is instant and errors are one line."""
 
 import os
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -557,41 +556,11 @@ def _print_servers(states) -> None:
         console.print(state.line(), highlight=False, soft_wrap=True)
 
 
-def _on_stop_signal(signum: int, _frame) -> None:
-    """First Ctrl-C or SIGTERM: stop submitting work, abandon running chunks, unwind (the flow run
-    is marked crashed, servers and workers stopped). A second one: kill every child and exit now."""
-    import signal
-
-    from emotion_core import stopping
-
-    if stopping.requested():
-        from .embedded_api import kill_descendants
-
-        kill_descendants()
-        os._exit(128 + signum)
-    stopping.request(signum)
-    raise stopping.Stopped(f"stopped by {signal.Signals(signum).name}")
-
-
 def main() -> None:
-    """Console-script entry point: Ctrl-C and SIGTERM stop the command within seconds (see README)."""
-    import signal
+    """Console-script entry point (see :mod:`flows.entry`, which installs the signal handlers first)."""
+    from .entry import main as entry_main
 
-    from emotion_core import stopping
-
-    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (`cmd &` in a script)
-        signal.signal(sig, _on_stop_signal)
-    try:
-        app()
-    except (stopping.Stopped, KeyboardInterrupt):
-        signum = stopping.signal_number() or signal.SIGINT
-        err_console.print(
-            f"stopped by {signal.Signals(signum).name}: finished chunks and training epochs are kept; "
-            "rerun the same command to resume",
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(128 + signum)
+    entry_main()
 
 
 def _register_realtime() -> None:

@@ -92,7 +92,7 @@ def save_model_folder(
         conda_env=pyfunc["env"]["conda"],
         python_env=pyfunc["env"]["virtualenv"],
     )
-    mlmodel.signature = serving.signature(tuple(labels))
+    mlmodel.signature = serving.signature()
     for stale in ("input_example.json", "serving_input_example.json"):
         (folder / stale).unlink(missing_ok=True)
     _save_example(mlmodel, serving.input_example(example_face), str(folder))

@@ -39,7 +39,7 @@ MAX_PIXELS = 50_000_000  # declared or decoded; refuses decompression bombs befo
 OUTPUT_COLUMNS = ("label", "confidence", "probabilities", "box", "face")
 
 
-def signature(labels: tuple[str, ...]):
+def signature():
     """The model signature every logged model carries: what to send and what comes back."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Map, ParamSchema, ParamSpec, Schema
