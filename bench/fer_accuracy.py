@@ -69,7 +69,7 @@ def training_summary(data_dir: Path) -> dict:
     if not records:
         return {}
     record = json.loads(records[-1].read_text())
-    keep = ("model", "model_uri", "best_epoch", "epochs_run", "alias")
+    keep = ("model", "model_uri", "kept_epoch", "epochs_run", "alias")
     return {**{k: record.get(k) for k in keep}, "test_split": record["metrics"]}
 
 

@@ -6,7 +6,9 @@ Frames are 640x480 with 1, 3 or 6 real Yale faces moving across a textured backg
 loop runs the Haar cascade (1.3, 5) on the full frame every frame and ``model.predict`` per face; the
 project's client searches the whole frame (on a 320 px copy) every 30th frame, re-finds each tracked
 face in a window around its predicted box every 3rd frame, predicts positions in between, and
-classifies all faces of a frame in one traced call. Both use the same model weights. Run pinned to one core.
+classifies all faces of a frame in one traced call. Both use the same model weights. The default model
+is built as the ``cpu`` preset saves it (with flip averaging inside when the preset has it). Run pinned
+to one core.
 """
 
 from __future__ import annotations
@@ -96,9 +98,11 @@ def main() -> None:
     cv2.setNumThreads(1)
     from emotion_core.landmarks import load_landmarks
     from emotion_core.models import DEFAULT_MODEL, build_model
+    from emotion_core.train import PRESETS, inference_model
 
     labels = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-    seed_model, default_model = build_model("seed_cnn", 48, 7), build_model(DEFAULT_MODEL, 48, 7)
+    # The default model as the cpu preset saves it (float32; flip-averaged when the preset says so).
+    seed_model, default_model = build_model("seed_cnn", 48, 7), inference_model(PRESETS["cpu"].resolved(), 7)
     results = {}
     frames = make_frames(args.frames, 1)
     results["seed_loop_seed_cnn"] = stats(seed_loop(seed_model, frames))

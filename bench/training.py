@@ -13,6 +13,9 @@
    every other registered model fed by this pipeline with the settings ``emotion train`` uses
    (op determinism on). Timing single steps avoids the tracing and warm-up that a short ``fit``
    mixes into its wall time.
+3. The ``cpu`` recipe's speed-ups, one at a time, on the default model and ``vgg_wide``: float32 on
+   whole 48 px faces (as above), ``mixed_bfloat16`` (what ``--precision auto`` picks on a CPU with
+   bfloat16 instructions), and bfloat16 on the 40 px training crops the presets train on.
 """
 
 from __future__ import annotations
@@ -93,14 +96,16 @@ def seconds_per_epoch(model, data, steps: int) -> dict[str, float]:
     return {"s_per_step": step, "s_per_fer_epoch": step * math.ceil(FER_TRAIN / BATCH), "params": model.count_params()}
 
 
-def time_model(name: str, n: int, steps: int) -> dict[str, float]:
+def time_model(name: str, n: int, steps: int, precision: str = "float32", crop: int | None = None) -> dict[str, float]:
     """Seconds per FER2013 epoch of one model: ``seed_cnn`` fed the seed's way, the others by this
-    pipeline with op determinism on, as ``emotion train`` runs them."""
+    pipeline with op determinism on, built as ``emotion train`` builds them for ``precision`` and
+    ``crop``."""
     import tensorflow as tf
 
     from emotion_core.dataset import make_train_dataset, preprocess_face
     from emotion_core.imageio import decode, read_bytes
     from emotion_core.models import build_model
+    from emotion_core.train import TrainConfig, training_model
 
     with tempfile.TemporaryDirectory() as tmp:
         files = sample_tree(n, Path(tmp))
@@ -110,16 +115,19 @@ def time_model(name: str, n: int, steps: int) -> dict[str, float]:
         x = np.stack([preprocess_face(decode(read_bytes(f), mode="gray")) for f, _ in files])
         y = np.array([classes.index(c) for _, c in files], np.int32)
     tf.config.experimental.enable_op_determinism()
-    data, _ = make_train_dataset(x, y, BATCH, seed=1, first_epoch=0, epochs=4)
-    return seconds_per_epoch(build_model(name, 48, 7), data.repeat(), steps)
+    data, _ = make_train_dataset(x, y, BATCH, seed=1, first_epoch=0, epochs=4, crop=crop)
+    model = training_model(TrainConfig(model=name, precision=precision, crop=crop), 7)
+    return seconds_per_epoch(model, data.repeat(), steps)
 
 
-def timed_in_fresh_process(name: str, n: int, steps: int) -> dict[str, float]:
+def timed_in_fresh_process(
+    name: str, n: int, steps: int, precision: str = "float32", crop: int | None = None
+) -> dict[str, float]:
     """:func:`time_model` in a new process, so no model's timing inherits another's threads or memory."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(time_model, (name, n, steps))
+        return pool.apply(time_model, (name, n, steps, precision, crop))
 
 
 def main() -> None:
@@ -173,6 +181,23 @@ def main() -> None:
     baseline = epochs["seed_cnn (seed's input)"]["s_per_fer_epoch"]
     result["epoch_speedup_vs_seed_cnn"] = {m: baseline / v["s_per_fer_epoch"] for m, v in epochs.items()}
     result["default_model"] = DEFAULT_MODEL
+    print(json.dumps(result, indent=2), flush=True)
+
+    from emotion_core.train import auto_precision
+
+    recipe: dict = {"auto_precision_here": auto_precision()}
+    for name in (DEFAULT_MODEL, "vgg_wide"):
+        plain = epochs[name]["s_per_fer_epoch"]
+        bf16 = timed_in_fresh_process(name, args.n, args.steps, "mixed_bfloat16")
+        cropped = timed_in_fresh_process(name, args.n, args.steps, "mixed_bfloat16", 40)
+        recipe[name] = {
+            "float32_48px_s_per_fer_epoch": plain,
+            "bfloat16_48px_s_per_fer_epoch": bf16["s_per_fer_epoch"],
+            "bfloat16_crop40_s_per_fer_epoch": cropped["s_per_fer_epoch"],
+            "bfloat16_speedup": plain / bf16["s_per_fer_epoch"],
+            "bfloat16_crop40_speedup": plain / cropped["s_per_fer_epoch"],
+        }
+    result["cpu_recipe_speedups"] = recipe
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -122,12 +122,22 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)[: steps * batch_size].reshape(steps, batch_size)
 
 
-def make_train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, first_epoch: int, epochs: int):
+def make_train_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    crop: int | None = None,
+):
     """Training batches for epochs ``first_epoch .. epochs-1``; returns ``(dataset, steps_per_epoch)``.
 
     Each epoch's shuffle and each batch's augmentation are functions of ``(seed, epoch, step)``
     alone, never of a random state that lives in the process, so a training resumed at epoch
-    ``k`` in a new process sees exactly the batches an uninterrupted one would have.
+    ``k`` in a new process sees exactly the batches an uninterrupted one would have. With
+    ``crop`` each face is a ``crop`` x ``crop`` window of the augmented face (see :func:`augment_faces`).
     """
     import tensorflow as tf
 
@@ -139,10 +149,11 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: i
         epoch, step = divmod(int(i), steps)
         epoch += first_epoch
         idx = order(epoch)[step]
-        faces = augment_faces(x[idx], np.random.default_rng([seed, epoch, step]))
+        faces = augment_faces(x[idx], np.random.default_rng([seed, epoch, step]), crop=crop)
         return faces, y[idx].astype(np.int32)
 
-    return _batches(tf.data.Dataset.range(steps * max(0, epochs - first_epoch)), batch, x.shape[1:]), steps
+    shape = (crop, crop) if crop else x.shape[1:]
+    return _batches(tf.data.Dataset.range(steps * max(0, epochs - first_epoch)), batch, shape), steps
 
 
 def _require_uint8(x: np.ndarray) -> None:
@@ -172,22 +183,27 @@ def augment_faces(
     shift: float = 0.1,
     rotate: float = 0.05,
     zoom: float = 0.1,
+    crop: int | None = None,
 ) -> np.ndarray:
-    """An augmented copy of a (B, H, W) uint8 batch, drawn from ``rng``.
+    """An augmented copy of a (B, H, W) uint8 batch, drawn from ``rng``; (B, crop, crop) with ``crop``.
 
     Per face: a horizontal flip with probability 1/2 (as the seed did) and one affine warp combining
     a shift of up to ``shift`` of the size, a rotation of up to ``rotate`` turns (0.05 = 18 degrees)
     and a zoom of up to ``zoom``; borders repeat the nearest pixel. The ranges of Keras's
     RandomFlip, RandomTranslation, RandomRotation and RandomZoom, fused into one OpenCV warp (about
     12 us a face, several times cheaper than TensorFlow's image transform op on a CPU).
+    With ``crop`` the warp writes only the central ``crop`` x ``crop`` window of that result (at the
+    face's own scale), so a model trained on it costs ``(crop / size)**2`` per face and sees the
+    face at the scale it is shown at inference, where it gets the whole face.
     """
     n, h, w = faces.shape
-    out = np.empty_like(faces)
-    for i, matrix in enumerate(augment_matrices(rng, n, h, w, flip, shift, rotate, zoom)):
+    oh, ow = (crop, crop) if crop else (h, w)
+    out = np.empty((n, oh, ow), np.uint8)
+    for i, matrix in enumerate(augment_matrices(rng, n, h, w, flip, shift, rotate, zoom, out_size=(oh, ow))):
         cv2.warpAffine(
             faces[i],
             matrix,
-            (w, h),
+            (ow, oh),
             dst=out[i],
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
@@ -196,18 +212,28 @@ def augment_faces(
 
 
 def augment_matrices(
-    rng: np.random.Generator, n: int, h: int, w: int, flip: bool, shift: float, rotate: float, zoom: float
+    rng: np.random.Generator,
+    n: int,
+    h: int,
+    w: int,
+    flip: bool,
+    shift: float,
+    rotate: float,
+    zoom: float,
+    out_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """(n, 2, 3) affine maps from output to input pixel coordinates: flip, rotate and zoom about
-    the centre, then shift."""
+    the centre, then shift; an output of ``out_size`` (h, w) is centred on the input's centre."""
     theta = rng.uniform(-rotate, rotate, n) * 2.0 * np.pi
     scale = 1.0 / (1.0 + rng.uniform(-zoom, zoom, n))
     tx, ty = rng.uniform(-shift, shift, n) * w, rng.uniform(-shift, shift, n) * h
     mirror = np.where(rng.random(n) < 0.5, -1.0, 1.0) if flip else np.ones(n)
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    oh, ow = out_size or (h, w)
+    ox, oy = (ow - 1) / 2.0, (oh - 1) / 2.0
     m = np.empty((n, 2, 3))
     m[:, 0, 0], m[:, 0, 1] = scale * np.cos(theta) * mirror, -scale * np.sin(theta)
     m[:, 1, 0], m[:, 1, 1] = scale * np.sin(theta) * mirror, scale * np.cos(theta)
-    m[:, 0, 2] = cx - m[:, 0, 0] * cx - m[:, 0, 1] * cy - tx
-    m[:, 1, 2] = cy - m[:, 1, 0] * cx - m[:, 1, 1] * cy - ty
+    m[:, 0, 2] = cx - m[:, 0, 0] * ox - m[:, 0, 1] * oy - tx
+    m[:, 1, 2] = cy - m[:, 1, 0] * ox - m[:, 1, 1] * oy - ty
     return m

@@ -15,9 +15,20 @@ import numpy as np
 
 from .dataset import PackedFaces, class_weights, make_tf_dataset, make_train_dataset
 from .imageio import atomic_write
-from .models import DEFAULT_MODEL, architecture_fingerprint, build_model, model_spec
+from .models import DEFAULT_MODEL, architecture_fingerprint, build_model, model_spec, with_flip_average
 
 FINAL_NAME = "final.keras"
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def auto_precision(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """``mixed_bfloat16`` when the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16: measured
+    1.5x the training steps of float32 on vgg_mid), else ``float32`` (emulated bfloat16 is slower)."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 @dataclass(frozen=True)
@@ -33,34 +44,56 @@ class TrainConfig:
     input_size: int = 48
     class_weight_power: float = 0.5  # 0: no class weights, 1: fully balanced (see dataset.class_weights)
     seed: int = 1337
+    crop: int | None = None  # train on random crop x crop windows of the faces (models with global pooling)
+    precision: str = "auto"  # "float32", "mixed_bfloat16", or "auto": bfloat16 where the CPU computes it natively
+    keep: str = "best"  # the weights kept: "best" (the best val-split epoch) or "last" (the schedule's end)
+    flip_average: bool = False  # the saved model averages each face's probabilities with its mirror image's
 
     def resolved(self) -> TrainConfig:
+        """This config with the model's default learning rate and the precision ``auto`` picks."""
         spec = model_spec(self.model)
-        return self if self.learning_rate else replace(self, learning_rate=spec.learning_rate)
+        resolved = self if self.learning_rate else replace(self, learning_rate=spec.learning_rate)
+        if resolved.precision == "auto":
+            resolved = replace(resolved, precision=auto_precision())
+        if resolved.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {resolved.keep!r}")
+        if resolved.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {resolved.precision!r}; choose one of {PRECISIONS} or 'auto'")
+        if resolved.crop is not None and not 8 <= resolved.crop <= resolved.input_size:
+            raise ValueError(f"crop must be between 8 and the input size {resolved.input_size}, got {resolved.crop}")
+        return resolved
 
     def key(self, data_key: str) -> str:
         payload = json.dumps([asdict(self.resolved()), data_key, architecture_fingerprint(self.model)], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-#: Named presets. A cosine schedule runs to its end (no early stopping: its last, low-rate epochs
-#: are where it gains most) and the best epoch on the val split is kept.
+CPU_EPOCHS = 100
+
+#: The recipe of the cosine presets: the schedule runs to its end (no early stopping: its last,
+#: low-rate epochs are where it gains most) and its last epoch is kept (picking the best of many
+#: noisy val-split scores chose a mid-schedule epoch that scored 1 point less on FER2013's public_test),
+#: and the saved model averages each face with its mirror image (+1.4 points there, 2x the model's cost).
+COSINE = TrainConfig(batch_size=64, patience=None, label_smoothing=0.1, crop=40, keep="last", flip_average=True)
+
+#: Named presets.
 PRESETS: dict[str, TrainConfig] = {
-    "cpu": TrainConfig(epochs=48, batch_size=64, patience=None, label_smoothing=0.1),
-    "cpu-long": TrainConfig(model="vgg_wide", epochs=150, batch_size=64, patience=None, label_smoothing=0.1),
-    "gpu": TrainConfig(model="vgg_wide", epochs=200, batch_size=128, patience=None, label_smoothing=0.1),
+    "cpu": replace(COSINE, epochs=CPU_EPOCHS),
+    "cpu-long": replace(COSINE, model="vgg_wide", epochs=300),
+    "gpu": replace(COSINE, model="vgg_wide", epochs=300, batch_size=128),
     "seed": TrainConfig(model="seed_cnn", epochs=15, batch_size=64, patience=15),
-    "demo": TrainConfig(epochs=20, batch_size=32, patience=None, label_smoothing=0.1),
-    "smoke": TrainConfig(epochs=1, batch_size=32, patience=None, label_smoothing=0.1),  # the cpu recipe, briefly
+    "demo": replace(COSINE, epochs=20, batch_size=32, crop=None),
+    "smoke": replace(COSINE, epochs=1, batch_size=32),  # the cpu recipe, briefly
 }
 
 #: What each preset costs, measured on FER2013 (28,709 faces) end to end: `emotion pipeline
-#: --face-mode whole`, 2 cores (AMD EPYC, AVX-512) unless said otherwise. The CLI's help and the
-#: README quote these.
+#: --face-mode whole`, 2 cores unless said otherwise. The CLI's help and the README quote these.
 PRESET_BUDGETS: dict[str, str] = {
-    "cpu": "48 epochs of vgg_mid: FER2013 end to end in 53 min on 2 cores",
-    "cpu-long": "150 epochs of vgg_wide: ~3.7 h for FER2013 on 2 cores, estimated from its epoch cost",
-    "gpu": "200 epochs of vgg_wide, batch 128: not yet measured on a GPU",
+    "cpu": "100 epochs of vgg_mid on 40 px crops, bfloat16: FER2013 end to end in 49 min on 2 cores "
+    "(Intel Xeon with AMX-BF16; float32 steps cost 1.4x, so ~70 min where the CPU lacks bfloat16)",
+    "cpu-long": "300 epochs of vgg_wide: ~3.1 h for FER2013 on 2 cores with bfloat16, from its measured "
+    "epoch cost (37 s)",
+    "gpu": "300 epochs of vgg_wide, batch 128: not yet measured on a GPU",
     "seed": "the seed's network and schedule: ~4.7 h for FER2013 on 2 cores",
     "demo": "20 epochs, for the generated demo faces",
     "smoke": "1 epoch: checks that training runs",
@@ -69,9 +102,9 @@ PRESET_BUDGETS: dict[str, str] = {
 
 @dataclass
 class TrainOutcome:
-    model: object  # keras.Model with the best epoch's weights
+    model: object  # keras.Model with the kept epoch's weights, float32, whole faces
     history: dict[str, list[float]]
-    best_epoch: int  # 1-based
+    kept_epoch: int  # 1-based: the best val-split epoch, or the last one (TrainConfig.keep)
     resumed_from_epoch: int  # 0 when the training started fresh
     work_dir: Path
 
@@ -125,9 +158,8 @@ def train(
     if final.is_file():
         history = _read_history(history_csv)
         model = keras.saving.load_model(final, compile=False, safe_mode=True)
-        return TrainOutcome(model, history, _best_epoch(history), len(history.get("loss", [])), work)
+        return TrainOutcome(model, history, _kept_epoch(history, config.keep), len(history.get("loss", [])), work)
 
-    keras.mixed_precision.set_global_policy("float32")  # inference runs in float32; so does training
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     x_train, y_train = packed.part("train")
@@ -135,13 +167,9 @@ def train(
     has_val = len(x_val) > 0
     monitor = "val_accuracy" if has_val else "accuracy"
     n_classes = len(packed.labels)
-    model = build_model(config.model, config.input_size, n_classes)
+    model = training_model(config, n_classes)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-        if config.label_smoothing
-        else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate), loss=_loss(config), metrics=["accuracy"]
     )
     patience = config.patience if config.patience is not None else config.epochs + 1
     early = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience)
@@ -159,9 +187,9 @@ def train(
     start = checkpoint.restore(model)
     _truncate_history(history_csv, start)
     if start >= config.epochs or checkpoint.stopped:
-        return _finish(model, work, monitor, start)
+        return _finish(model, work, monitor, start, config, n_classes)
     dataset, steps = make_train_dataset(
-        x_train, y_train, config.batch_size, seed=config.seed, first_epoch=start, epochs=config.epochs
+        x_train, y_train, config.batch_size, seed=config.seed, first_epoch=start, epochs=config.epochs, crop=config.crop
     )
     validation = make_tf_dataset(x_val, y_val, 256, training=False) if has_val else None
     if config.label_smoothing:  # the categorical loss takes one-hot targets
@@ -180,7 +208,44 @@ def train(
         shuffle=False,  # the dataset is already in its (seed, epoch) order
         verbose=0,
     )
-    return _finish(model, work, monitor, start)
+    return _finish(model, work, monitor, start, config, n_classes)
+
+
+def _loss(config: TrainConfig):
+    import keras
+
+    if config.label_smoothing:  # the categorical loss takes one-hot targets
+        return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    return "sparse_categorical_crossentropy"
+
+
+def training_model(config: TrainConfig, n_classes: int):
+    """The network as it trains: in ``config.precision``, taking any face size when it trains on
+    crops (and validates on whole faces)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        return build_model(config.model, None if config.crop else config.input_size, n_classes)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def inference_model(config: TrainConfig, n_classes: int, trained=None):
+    """The network as it is saved and used everywhere after training: float32, whole ``input_size``
+    faces, with ``trained``'s weights, flip-averaged when ``config.flip_average``."""
+    import keras
+
+    if trained is not None and config.precision == "float32" and not config.crop and not config.flip_average:
+        return trained
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model(config.model, config.input_size, n_classes)
+    if trained is not None:
+        model.set_weights(trained.get_weights())
+    if config.flip_average:
+        model = with_flip_average(model)
+    model.compile(loss=_loss(config), metrics=["accuracy"])  # evaluate() as the trained model had it
+    return model
 
 
 def _one_hot(dataset, n_classes: int):
@@ -200,16 +265,17 @@ def cosine_rate(epoch: int, _current: float = 0.0, *, base: float, epochs: int, 
     return base * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _finish(model, work: Path, monitor: str, resumed_from: int) -> TrainOutcome:
-    """Load the best epoch's weights and write the final model (atomically)."""
+def _finish(model, work: Path, monitor: str, resumed_from: int, config: TrainConfig, n_classes: int) -> TrainOutcome:
+    """Load the kept epoch's weights and write the final (float32, whole-face) model atomically."""
     best = best_weights_file(work / "checkpoint")
-    if best is not None:
-        model.load_weights(best)
+    if best is not None and config.keep == "best":
+        model.load_weights(best)  # else the model holds the last finished epoch's weights
+    model = inference_model(config, n_classes, trained=model)
     history = _read_history(work / "history.csv")
     tmp = work / f".{FINAL_NAME}.tmp.keras"
     model.save(tmp)
     tmp.replace(work / FINAL_NAME)
-    return TrainOutcome(model, history, _best_epoch(history, monitor), resumed_from, work)
+    return TrainOutcome(model, history, _kept_epoch(history, config.keep, monitor), resumed_from, work)
 
 
 def _truncate_history(path: Path, epochs: int) -> None:
@@ -322,6 +388,8 @@ def _plain(value):
         return None
 
 
-def _best_epoch(history: dict[str, list[float]], monitor: str = "val_accuracy") -> int:
+def _kept_epoch(history: dict[str, list[float]], keep: str, monitor: str = "val_accuracy") -> int:
+    if keep == "last":
+        return len(history.get("loss", [])) or 1
     values = history.get(monitor) or history.get("accuracy") or [0.0]
     return int(np.argmax(values)) + 1

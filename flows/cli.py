@@ -41,6 +41,12 @@ class FaceMode(StrEnum):
     whole = "whole"
 
 
+class Precision(StrEnum):
+    auto = "auto"
+    float32 = "float32"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
 class Policy(StrEnum):
     largest = "largest"
     all = "all"
@@ -172,7 +178,7 @@ def print_training(result: dict) -> None:
     m = result["metrics"]
     reused = " (already trained; reused)" if result.get("reused") else ""
     console.print(
-        f"[bold]train[/]{reused}: {result['model']}, {result['epochs_run']} epochs (best {result['best_epoch']}); "
+        f"[bold]train[/]{reused}: {result['model']}, {result['epochs_run']} epochs (kept {result['kept_epoch']}); "
         f"{result['eval_split']} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} (n={m['n']})",
         highlight=False,
     )
@@ -260,6 +266,10 @@ def train_command(
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override the preset's batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Override the model's learning rate.")] = None,
+    precision: Annotated[
+        Precision,
+        typer.Option(help="auto: bfloat16 where the CPU has bfloat16 instructions (1.5x faster), else float32."),
+    ] = Precision.auto,
     tracking_uri: TrackingUri = None,
     registered_name: RegisteredName = "emotion-classifier",
     retrain: Annotated[bool, typer.Option(help="Train again even if this exact training is registered.")] = False,
@@ -277,6 +287,7 @@ def train_command(
             epochs=epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            precision=precision.value,
             tracking_uri=tracking_uri,
             registered_name=registered_name,
             retrain=retrain,

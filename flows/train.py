@@ -25,12 +25,23 @@ DONE_NAME = "registered.json"
 
 
 def training_config(
-    preset: str, model: str | None, epochs: int | None, batch_size: int | None, learning_rate: float | None
+    preset: str,
+    model: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    learning_rate: float | None,
+    precision: str | None = None,
 ) -> TrainConfig:
     """A preset with the given overrides applied."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    overrides = {"model": model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+    overrides = {
+        "model": model,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "precision": precision,
+    }
     config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError("epochs and batch size must be at least 1")
@@ -106,7 +117,7 @@ def register_task(
                 f"{split}_macro_f1": metrics.macro_f1,
                 **{f"{split}_recall_{label}": r for label, r in metrics.per_class_recall.items()},
                 "train_sample_inference_accuracy": train_sample.accuracy,
-                "best_epoch": outcome.best_epoch,
+                "kept_epoch": outcome.kept_epoch,
                 **{f"sharpness_median_{s}": v for s, v in sharp.items() if v is not None},
             }
         )
@@ -133,7 +144,7 @@ def register_task(
             {f"{split}_accuracy": metrics.accuracy, f"{split}_macro_f1": metrics.macro_f1},
             {"manifest_hash": packed.key, **{f"n_{s}": n for s, n in packed.counts().items()}},
             f"{preset} preset: {config.model}, {len(outcome.history.get('loss', []))} epochs "
-            f"(best {outcome.best_epoch}), run {run_id}",
+            f"(kept epoch {outcome.kept_epoch}: {config.keep}), run {run_id}",
         )
         describe_version(registered_name, version, description, {**tags, "preset": preset, "model": config.model})
         mlflow.set_tags(
@@ -152,7 +163,7 @@ def register_task(
         "metrics": metrics.as_dict(),
         "train_sample_inference_accuracy": train_sample.accuracy,
         "warnings": warnings,
-        "best_epoch": outcome.best_epoch,
+        "kept_epoch": outcome.kept_epoch,
         "epochs_run": len(outcome.history.get("loss", [])),
         "registered_model": registered_name,
         "version": version,
@@ -209,6 +220,7 @@ def train_flow(
     epochs: int | None = None,
     batch_size: int | None = None,
     learning_rate: float | None = None,
+    precision: str | None = None,
     tracking_uri: str | None = None,
     registered_name: str = "emotion-classifier",
     experiment: str = "emotion-pipeline",
@@ -221,7 +233,7 @@ def train_flow(
     """
     import modelstore
 
-    config = training_config(preset, model, epochs, batch_size, learning_rate)
+    config = training_config(preset, model, epochs, batch_size, learning_rate, precision)
     uri = modelstore.configure(mlflow_uri(data_dir, tracking_uri))
     local_store = uri.startswith("sqlite:")
     with data_dir_lock(data_dir):

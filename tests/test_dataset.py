@@ -28,6 +28,32 @@ def test_no_augmentation_ranges_leave_faces_unchanged():
     assert np.array_equal(out, faces)
 
 
+def test_crop_without_other_augmentation_is_the_central_window():
+    faces = np.random.default_rng(0).integers(0, 256, (16, 48, 48), dtype=np.uint8)
+    out = augment_faces(faces, np.random.default_rng(1), flip=False, shift=0, rotate=0, zoom=0, crop=40)
+    assert out.shape == (16, 40, 40) and out.dtype == np.uint8
+    assert np.array_equal(out, faces[:, 4:44, 4:44])
+
+
+def test_cropped_faces_keep_their_scale_and_shift_range():
+    faces = dot_faces(300, 24, 24)
+    out = augment_faces(faces, np.random.default_rng(3), flip=False, rotate=0, zoom=0, crop=40)
+    grid_y, grid_x = np.mgrid[0:40, 0:40]
+    w = out.astype(np.float64)
+    centre = np.stack([(w * grid_x).sum((1, 2)), (w * grid_y).sum((1, 2))], 1) / w.sum((1, 2))[:, None]
+    moved = centre - 19.5 - 0.5  # the dot sits half a pixel right of and below the 48 px centre
+    assert np.abs(moved).max() <= 0.1 * 48 + 0.5 and np.abs(moved).max() > 0.07 * 48
+    assert np.allclose(w.sum((1, 2)), faces.astype(np.float64).sum((1, 2)), rtol=0.02)  # same scale
+
+
+def test_cropped_training_batches_have_the_crop_size():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 48, 48), dtype=np.uint8), rng.integers(0, 3, 64).astype(np.int32)
+    dataset, steps = make_train_dataset(x, y, 16, seed=1, first_epoch=0, epochs=1, crop=40)
+    shapes = {tuple(faces.shape) for faces, _ in dataset.as_numpy_iterator()}
+    assert steps == 4 and shapes == {(16, 40, 40, 1)}
+
+
 def test_flip_mirrors_about_half_the_faces():
     faces = np.random.default_rng(0).integers(0, 256, (400, 48, 48), dtype=np.uint8)
     out = augment_faces(faces, np.random.default_rng(2), shift=0, rotate=0, zoom=0)

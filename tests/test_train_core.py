@@ -121,7 +121,7 @@ def test_training_learns_and_inference_matches_training(tmp_path, label_smoothin
     x_train, y_train = packed.part("train")
     probs = predict_probs(outcome.model, x_train)
     inference_acc = float((probs.argmax(1) == y_train).mean())
-    reported = outcome.history["accuracy"][outcome.best_epoch - 1]
+    reported = outcome.history["accuracy"][outcome.kept_epoch - 1]
     assert reported > 0.8, outcome.history
     # Guard against a train/inference mismatch (double rescaling, BatchNorm statistics, precision):
     assert inference_acc >= reported - 0.1
@@ -135,6 +135,78 @@ def test_training_learns_and_inference_matches_training(tmp_path, label_smoothin
     assert np.allclose(predict_probs(again.model, x_val), predict_probs(outcome.model, x_val), atol=1e-6)
 
 
+def test_crop_trained_bfloat16_model_infers_on_whole_faces_in_float32(tmp_path):
+    """The presets' recipe trains on 40 px crops in bfloat16; the model it keeps takes whole 48 px
+    faces in float32, averages each face with its mirror image, and scores them as training's
+    validation (whole faces, bfloat16, no mirror) did."""
+    packed = packed_stripes()
+    config = TrainConfig(
+        epochs=4,
+        batch_size=32,
+        patience=None,
+        label_smoothing=0.1,
+        crop=40,
+        precision="mixed_bfloat16",
+        flip_average=True,
+    )
+    outcome = train(packed, config, tmp_path / "work")
+    model = outcome.model
+    assert model.input_shape == (None, 48, 48, 1)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    x_val, y_val = packed.part("val")
+    ours = float((predict_probs(model, x_val).argmax(1) == y_val).mean())
+    reported = outcome.history["val_accuracy"][outcome.kept_epoch - 1]
+    assert reported > 0.8, outcome.history
+    assert ours == pytest.approx(reported, abs=0.05)  # bfloat16 vs float32 rounding, mirror averaging
+    probs = predict_probs(model, x_val)
+    assert np.allclose(probs, predict_probs(model, x_val[:, :, ::-1]), atol=1e-6)  # mirror-invariant
+    import keras
+
+    [net] = [layer for layer in model.layers if isinstance(layer, keras.Model)]  # inside the flip wrapper
+    assert np.allclose(probs, predict_probs(net, x_val, flip_average=True), atol=1e-6)
+    again = train(packed, config, tmp_path / "work")  # the saved final model loads as it was kept
+    assert again.model.input_shape == (None, 48, 48, 1)
+    assert np.allclose(predict_probs(again.model, x_val), predict_probs(model, x_val), atol=1e-6)
+
+
+def test_keep_last_keeps_the_schedules_last_epoch_not_the_best(tmp_path):
+    import keras
+
+    from emotion_core.train import training_model
+
+    packed = packed_stripes(128, 32)
+    config = TrainConfig(epochs=3, batch_size=32, patience=None, keep="last", precision="float32")
+    outcome = train(packed, config, tmp_path / "work")
+    assert outcome.kept_epoch == 3
+    state = json.loads((tmp_path / "work" / "checkpoint" / "state.json").read_text())
+    last = training_model(config.resolved(), 2)
+    last.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy")
+    last.optimizer.build(last.trainable_variables)
+    last.load_weights(tmp_path / "work" / "checkpoint" / state["file"])
+    x_val, _ = packed.part("val")
+    assert np.allclose(predict_probs(outcome.model, x_val), predict_probs(last, x_val), atol=1e-6)
+    assert all(p.keep == "last" for name, p in PRESETS.items() if name != "seed")
+
+
+def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
+    from emotion_core.train import auto_precision
+
+    with_bf16, without = tmp_path / "bf16", tmp_path / "plain"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert auto_precision(with_bf16) == "mixed_bfloat16"
+    assert auto_precision(without) == "float32"
+    assert auto_precision(tmp_path / "missing") == "float32"
+    assert TrainConfig(precision="float32").resolved().precision == "float32"
+    assert TrainConfig().resolved().precision in ("float32", "mixed_bfloat16")
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="float16").resolved()
+    with pytest.raises(ValueError, match="crop"):
+        TrainConfig(crop=64).resolved()
+    with pytest.raises(ValueError, match="keep"):
+        TrainConfig(keep="first").resolved()
+
+
 def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
     import keras
 
@@ -144,7 +216,7 @@ def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
                 raise RuntimeError("simulated crash after epoch 2")
 
     packed = packed_stripes(128, 32)
-    config = TrainConfig(epochs=4, batch_size=32, patience=None, label_smoothing=0.1)  # the presets' recipe
+    config = TrainConfig(epochs=4, batch_size=32, patience=None, label_smoothing=0.1, crop=40)  # the presets' recipe
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(packed, config, tmp_path / "work", callbacks=[Crash()])
     outcome = train(packed, config, tmp_path / "work")

@@ -85,3 +85,24 @@ def architecture_fingerprint(name: str) -> str:
             if inspect.isfunction(target) and target.__module__ == module.__name__:
                 todo.append(target)
     return hashlib.sha256("".join(sources).encode()).hexdigest()[:12]
+
+
+def with_flip_average(net):
+    """``net`` wrapped so that it returns the mean of its probabilities for each face and for the
+    face mirrored left to right (test-time flip averaging inside the model, so every consumer of
+    the saved model gets it). The mirror is an exact, fixed permutation of the width axis built
+    from standard layers (a frozen 0/1 ``Dense``), so the model loads with ``safe_mode``."""
+    import keras
+    import numpy as np
+    from keras import layers
+
+    _, height, width, channels = net.input_shape
+    if channels != 1 or not height or not width:
+        raise ValueError(f"flip averaging needs fixed-size grayscale input, got {net.input_shape}")
+    inputs = keras.Input((height, width, 1), name="face")
+    rows = layers.Reshape((height, width), name="rows")(inputs)
+    mirror = layers.Dense(width, use_bias=False, trainable=False, name="mirror")
+    mirrored = layers.Reshape((height, width, 1), name="mirrored")(mirror(rows))
+    mirror.set_weights([np.eye(width, dtype="float32")[::-1]])
+    outputs = layers.Average(name="flip_average")([net(inputs), net(mirrored)])
+    return keras.Model(inputs, outputs, name=f"{net.name}_flip_average")

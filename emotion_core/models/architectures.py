@@ -8,7 +8,8 @@ from keras import layers
 from . import register
 
 
-def _inputs(input_size: int):
+def _inputs(input_size: int | None):
+    """The face input; ``input_size`` None accepts any size (the networks with global pooling)."""
     inputs = keras.Input((input_size, input_size, 1), name="face")
     return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
 
@@ -30,8 +31,13 @@ def seed_cnn(input_size: int, n_classes: int) -> keras.Model:
         x = layers.BatchNormalization()(x)
         x = layers.Activation("relu")(x)
         x = layers.Dropout(0.25)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    outputs = _probs(n_classes)(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def _probs(n_classes: int):
+    """The softmax output, computed in float32 even when the rest trains in bfloat16."""
+    return layers.Dense(n_classes, activation="softmax", name="probs", dtype="float32")
 
 
 def _bn():
@@ -41,7 +47,7 @@ def _bn():
 
 
 @register("vgg_small")
-def vgg_small(input_size: int, n_classes: int) -> keras.Model:
+def vgg_small(input_size: int | None, n_classes: int) -> keras.Model:
     """The default: a compact VGG-style network (3x3 conv pairs 32/64/128 with BatchNorm, global
     average pooling, one dense layer). About a third of ``seed_cnn``'s multiply-adds per face."""
     inputs, x = _inputs(input_size)
@@ -58,11 +64,11 @@ def vgg_small(input_size: int, n_classes: int) -> keras.Model:
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.4)(x)
     x = layers.Dense(128, activation="relu")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    outputs = _probs(n_classes)(x)
     return keras.Model(inputs, outputs, name="vgg_small")
 
 
-def _vgg(name: str, input_size: int, n_classes: int, stages, dense: int) -> keras.Model:
+def _vgg(name: str, input_size: int | None, n_classes: int, stages, dense: int) -> keras.Model:
     """A VGG-style stack: per stage ``(filters, convs, dropout)`` 3x3 convs with BatchNorm and ReLU,
     then a max-pool (dropout None: the last stage, no pool); global average pooling, one dense layer."""
     inputs, x = _inputs(input_size)
@@ -78,12 +84,12 @@ def _vgg(name: str, input_size: int, n_classes: int, stages, dense: int) -> kera
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
     x = layers.Dense(dense, activation="relu")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    outputs = _probs(n_classes)(x)
     return keras.Model(inputs, outputs, name=name)
 
 
 @register("vgg_mid", schedule="cosine")
-def vgg_mid(input_size: int, n_classes: int) -> keras.Model:
+def vgg_mid(input_size: int | None, n_classes: int) -> keras.Model:
     """The default: ``vgg_lite``'s shape with more channels where a CPU pays least for them
     (conv 24 | 64 | 128 128 | 256 256; 1.16 M parameters). ~1.5x the training cost of
     ``vgg_lite`` per epoch, for more capacity than FER2013 fills in a short schedule."""
@@ -92,7 +98,7 @@ def vgg_mid(input_size: int, n_classes: int) -> keras.Model:
 
 
 @register("vgg_wide", schedule="cosine")
-def vgg_wide(input_size: int, n_classes: int) -> keras.Model:
+def vgg_wide(input_size: int | None, n_classes: int) -> keras.Model:
     """For long schedules: conv 32 | 64 64 | 128 128 | 256 256 (1.2 M parameters, ~1.4x the
     training cost of ``vgg_mid`` per epoch on a CPU, ~2.1x ``vgg_lite``'s)."""
     stages = ((32, 1, 0.0), (64, 2, 0.1), (128, 2, 0.2), (256, 2, None))
@@ -100,7 +106,7 @@ def vgg_wide(input_size: int, n_classes: int) -> keras.Model:
 
 
 @register("vgg_lite", schedule="cosine")
-def vgg_lite(input_size: int, n_classes: int) -> keras.Model:
+def vgg_lite(input_size: int | None, n_classes: int) -> keras.Model:
     """A VGG-style network that keeps few channels at high resolution, where a CPU
     pays most per channel, and its depth at 12x12 and 6x6 (conv 16 | 48 | 96 96 | 192 192, each
     with BatchNorm, max-pool between stages, global average pooling, one dense layer). Trained with

@@ -195,7 +195,8 @@ def export_registered(
         "preprocessing": "grayscale face crop -> preprocess_face (INTER_AREA/LINEAR resize to input_size), "
         "0-255 float32 in, scaled to [0, 1] inside the model",
         "recipe": f"{params.get('preset', 'cpu')} preset: {params.get('model')}, {params.get('epochs')} epochs, "
-        f"batch {params.get('batch_size')}, label smoothing {params.get('label_smoothing')}",
+        f"batch {params.get('batch_size')}, label smoothing {params.get('label_smoothing')}, "
+        f"training crops {params.get('crop') or 'none'}, precision {params.get('precision', 'float32')}",
         "training": {
             "run_id": run.info.run_id,
             "registered": f"{loaded.name}/{loaded.version}",
