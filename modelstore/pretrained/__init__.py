@@ -133,6 +133,7 @@ def export(model_folder: Path, info: dict, out: Path = SHIPPED_DIR, max_bytes: i
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fer2013-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the shipped folder is package data
     try:
         for item in ("MLmodel", "data", "conda.yaml", "python_env.yaml", "requirements.txt"):
             src = model_folder / item
