@@ -4,7 +4,8 @@
 
 1. ``emotion pipeline <datasets>/fer2013/train -d WORK/<preset> --face-mode whole --preset P`` in a
    subprocess, wall-timed: compress, crop, split, train, register. The model trains on the split
-   stage's train share (80%) and picks its epoch on the val share; public_test stays unseen. A rerun
+   stage's train share (80%); the val share is watched per epoch (the presets keep the last epoch)
+   and the test share decides the champion; public_test stays unseen. A rerun
    reuses finished work (an interrupted training resumes), so only an uninterrupted first run's wall
    time is the preset's budget.
 2. ``emotion evaluate --json`` of the registered champion on public_test (3,589 faces) and on
