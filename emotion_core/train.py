@@ -23,7 +23,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 def auto_precision(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """``mixed_bfloat16`` when the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16: measured
-    1.5x the training steps of float32 on vgg_mid), else ``float32`` (emulated bfloat16 is slower)."""
+    1.4x the training steps of float32 on vgg_mid), else ``float32`` (emulated bfloat16 is slower)."""
     try:
         flags = set(Path(cpuinfo).read_text().split())
     except OSError:
@@ -50,9 +50,12 @@ class TrainConfig:
     flip_average: bool = False  # the saved model averages each face's probabilities with its mirror image's
 
     def resolved(self) -> TrainConfig:
-        """This config with the model's default learning rate and the precision ``auto`` picks."""
+        """This config with the model's default learning rate and the precision ``auto`` picks; a
+        model with a fixed input size (``seed_cnn``) trains on whole faces when crops are asked for."""
         spec = model_spec(self.model)
         resolved = self if self.learning_rate else replace(self, learning_rate=spec.learning_rate)
+        if resolved.crop and not spec.any_size:
+            resolved = replace(resolved, crop=None)
         if resolved.precision == "auto":
             resolved = replace(resolved, precision=auto_precision())
         if resolved.keep not in ("best", "last"):

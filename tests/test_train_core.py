@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -205,6 +206,8 @@ def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
         TrainConfig(crop=64).resolved()
     with pytest.raises(ValueError, match="keep"):
         TrainConfig(keep="first").resolved()
+    # the seed's network has a fixed input size (Flatten): it trains on whole faces under any preset
+    assert PRESETS["cpu"].resolved().crop == 40 and replace(PRESETS["cpu"], model="seed_cnn").resolved().crop is None
 
 
 def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):

@@ -26,20 +26,27 @@ class ModelSpec:
     lr_factor: float
     lr_patience: int
     schedule: str = "plateau"
+    any_size: bool = True  # the builder accepts input_size None (global pooling): it can train on crops
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
 def register(
-    name: str, *, learning_rate: float = 1e-3, lr_factor: float = 0.5, lr_patience: int = 3, schedule: str = "plateau"
+    name: str,
+    *,
+    learning_rate: float = 1e-3,
+    lr_factor: float = 0.5,
+    lr_patience: int = 3,
+    schedule: str = "plateau",
+    any_size: bool = True,
 ):
     """Decorator adding a model builder and its optimiser defaults to the registry."""
     if schedule not in ("plateau", "cosine"):
         raise ValueError(f"unknown learning-rate schedule {schedule!r}")
 
     def wrap(builder: Callable) -> Callable:
-        MODELS[name] = ModelSpec(builder, learning_rate, lr_factor, lr_patience, schedule)
+        MODELS[name] = ModelSpec(builder, learning_rate, lr_factor, lr_patience, schedule, any_size)
         return builder
 
     return wrap

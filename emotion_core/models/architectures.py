@@ -14,7 +14,7 @@ def _inputs(input_size: int | None):
     return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
 
 
-@register("seed_cnn", learning_rate=5e-4, lr_factor=0.1, lr_patience=2)
+@register("seed_cnn", learning_rate=5e-4, lr_factor=0.1, lr_patience=2, any_size=False)
 def seed_cnn(input_size: int, n_classes: int) -> keras.Model:
     """The seed's network, layer for layer: conv 64/128/512/512 (kernels 3/5/3/3) with BatchNorm,
     ReLU, max-pool and dropout 0.25; dense 256 and 512 with BatchNorm and dropout; softmax."""
