@@ -23,7 +23,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 def auto_precision(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """``mixed_bfloat16`` when the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16: measured
-    1.4x the training steps of float32 on vgg_mid), else ``float32`` (emulated bfloat16 is slower)."""
+    1.4x the training steps of float32 on vgg_mid), else ``float32`` (bfloat16 would be emulated)."""
     try:
         flags = set(Path(cpuinfo).read_text().split())
     except OSError:
@@ -93,7 +93,7 @@ PRESETS: dict[str, TrainConfig] = {
 #: --face-mode whole`, 2 cores unless said otherwise. The CLI's help and the README quote these.
 PRESET_BUDGETS: dict[str, str] = {
     "cpu": "100 epochs of vgg_mid on 40 px crops, bfloat16: FER2013 end to end in 49 min on 2 cores "
-    "(Intel Xeon with AMX-BF16; float32 steps cost 1.4x, so ~70 min where the CPU lacks bfloat16)",
+    "(Intel Xeon with AMX-BF16; ~70 min estimated where the CPU lacks bfloat16: float32 crop steps took 1.4x)",
     "cpu-long": "300 epochs of vgg_wide: ~3.1 h for FER2013 on 2 cores with bfloat16, from its measured "
     "epoch cost (37 s)",
     "gpu": "300 epochs of vgg_wide, batch 128: not yet measured on a GPU",

@@ -199,7 +199,11 @@ def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
     assert auto_precision(without) == "float32"
     assert auto_precision(tmp_path / "missing") == "float32"
     assert TrainConfig(precision="float32").resolved().precision == "float32"
-    assert TrainConfig().resolved().precision in ("float32", "mixed_bfloat16")
+    assert TrainConfig().resolved().precision == auto_precision()
+    from flows.train import training_config
+
+    assert training_config("cpu", None, None, None, None).precision == auto_precision()  # the preset's
+    assert training_config("cpu", None, None, None, None, "float32").precision == "float32"  # --precision
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="float16").resolved()
     with pytest.raises(ValueError, match="crop"):

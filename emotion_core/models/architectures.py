@@ -48,7 +48,7 @@ def _bn():
 
 @register("vgg_small")
 def vgg_small(input_size: int | None, n_classes: int) -> keras.Model:
-    """The default: a compact VGG-style network (3x3 conv pairs 32/64/128 with BatchNorm, global
+    """A compact VGG-style network (3x3 conv pairs 32/64/128 with BatchNorm, global
     average pooling, one dense layer). About a third of ``seed_cnn``'s multiply-adds per face."""
     inputs, x = _inputs(input_size)
     for filters, drop in ((32, 0.1), (64, 0.2), (128, 0.3)):
