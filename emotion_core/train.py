@@ -48,6 +48,7 @@ class TrainConfig:
     precision: str = "auto"  # "float32", "mixed_bfloat16", or "auto": bfloat16 where the CPU computes it natively
     keep: str = "best"  # the weights kept: "best" (the best val-split epoch) or "last" (the schedule's end)
     flip_average: bool = False  # the saved model averages each face's probabilities with its mirror image's
+    weight_decay: float = 0.0  # decoupled weight decay of Adam (AdamW), per unit of learning rate
 
     def resolved(self) -> TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
@@ -67,9 +68,16 @@ class TrainConfig:
         return resolved
 
     def key(self, data_key: str) -> str:
-        payload = json.dumps([asdict(self.resolved()), data_key, architecture_fingerprint(self.model)], sort_keys=True)
+        fields = asdict(self.resolved())
+        for name, default in KEY_STABLE_DEFAULTS.items():  # fields added later: at their default, keys stay as before
+            if fields[name] == default:
+                del fields[name]
+        payload = json.dumps([fields, data_key, architecture_fingerprint(self.model)], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+
+#: Fields added after trainings were keyed without them: left out of the key at these defaults.
+KEY_STABLE_DEFAULTS = {"weight_decay": 0.0}
 
 CPU_EPOCHS = 100
 
@@ -81,7 +89,7 @@ COSINE = TrainConfig(batch_size=64, patience=None, label_smoothing=0.1, crop=40,
 
 #: Named presets.
 PRESETS: dict[str, TrainConfig] = {
-    "cpu": replace(COSINE, epochs=CPU_EPOCHS),
+    "cpu": replace(COSINE, epochs=CPU_EPOCHS, weight_decay=0.05),
     "cpu-long": replace(COSINE, model="vgg_wide", epochs=300),
     "gpu": replace(COSINE, model="vgg_wide", epochs=300, batch_size=128),
     "seed": TrainConfig(model="seed_cnn", epochs=15, batch_size=64, patience=15),
@@ -171,9 +179,7 @@ def train(
     monitor = "val_accuracy" if has_val else "accuracy"
     n_classes = len(packed.labels)
     model = training_model(config, n_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate), loss=_loss(config), metrics=["accuracy"]
-    )
+    model.compile(optimizer=_optimizer(config), loss=_loss(config), metrics=["accuracy"])
     patience = config.patience if config.patience is not None else config.epochs + 1
     early = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience)
     if spec.schedule == "cosine":
@@ -255,6 +261,17 @@ def _one_hot(dataset, n_classes: int):
     import tensorflow as tf
 
     return dataset.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _optimizer(config: TrainConfig):
+    """Adam; with ``weight_decay``, decoupled weight decay (AdamW) on the kernels only (not on
+    BatchNorm's scale and offset or on biases, as usual)."""
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, weight_decay=config.weight_decay or None)
+    if config.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
 
 
 def cosine_rate(epoch: int, _current: float = 0.0, *, base: float, epochs: int, warmup: int = 1) -> float:
