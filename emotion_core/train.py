@@ -89,7 +89,7 @@ COSINE = TrainConfig(batch_size=64, patience=None, label_smoothing=0.1, crop=40,
 
 #: Named presets.
 PRESETS: dict[str, TrainConfig] = {
-    "cpu": replace(COSINE, epochs=CPU_EPOCHS, weight_decay=0.05),
+    "cpu": replace(COSINE, epochs=CPU_EPOCHS),
     "cpu-long": replace(COSINE, model="vgg_wide", epochs=300),
     "gpu": replace(COSINE, model="vgg_wide", epochs=300, batch_size=128),
     "seed": TrainConfig(model="seed_cnn", epochs=15, batch_size=64, patience=15),
@@ -134,7 +134,8 @@ def check_trainable(packed: PackedFaces) -> None:
         raise EmptyTrainingData(f"need at least two classes with training faces, found {len(present)}")
 
 
-def _read_history(path: Path) -> dict[str, list[float]]:
+def read_history(path: Path) -> dict[str, list[float]]:
+    """A training's ``history.csv`` (one row per finished epoch) as lists per column; {} if absent."""
     if not path.is_file():
         return {}
     history: dict[str, list[float]] = {}
@@ -167,7 +168,7 @@ def train(
     work.mkdir(parents=True, exist_ok=True)
     history_csv, final = work / "history.csv", work / FINAL_NAME
     if final.is_file():
-        history = _read_history(history_csv)
+        history = read_history(history_csv)
         model = keras.saving.load_model(final, compile=False, safe_mode=True)
         return TrainOutcome(model, history, _kept_epoch(history, config.keep), len(history.get("loss", [])), work)
 
@@ -291,7 +292,7 @@ def _finish(model, work: Path, monitor: str, resumed_from: int, config: TrainCon
     if best is not None and config.keep == "best":
         model.load_weights(best)  # else the model holds the last finished epoch's weights
     model = inference_model(config, n_classes, trained=model)
-    history = _read_history(work / "history.csv")
+    history = read_history(work / "history.csv")
     tmp = work / f".{FINAL_NAME}.tmp.keras"
     model.save(tmp)
     tmp.replace(work / FINAL_NAME)

@@ -303,6 +303,110 @@ def train_command(
     console.print(result["report"], highlight=False)
 
 
+class SweepRunner(StrEnum):
+    processes = "processes"
+    dask = "dask"
+
+
+@app.command("sweep")
+def sweep_command(
+    data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the study in all (a rerun adds only the missing).")] = 8,
+    space: Annotated[
+        Path | None, typer.Option(help="Search-space YAML/JSON (default: the documented default space).")
+    ] = None,
+    budget_minutes: Annotated[
+        float | None, typer.Option(min=0, help="Start no trial after this many minutes (running ones finish).")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: from the space and the data).")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: SQLite under DATA_DIR/sweeps).")
+    ] = None,
+    task_runner: Annotated[SweepRunner, typer.Option(help="Where trials run.")] = SweepRunner.processes,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Trials in parallel (default: 1 on 2 cores or fewer, else 2).")
+    ] = None,
+    dask_address: DaskAddress = None,
+    tracking_uri: TrackingUri = None,
+    registered_name: RegisteredName = "emotion-classifier",
+) -> None:
+    """Search training recipes with Optuna on DATA_DIR's manifest; every trial an MLflow run, the best registered."""
+    if space is not None and not space.is_file():
+        fail(f"space file {space} does not exist")
+    from optuna.exceptions import OptunaError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from emotion_core.study import check_space
+    from emotion_core.sweep_space import SpaceError, load_space
+
+    try:
+        check_space(load_space(space))  # a bad file fails here, in one line, before anything starts
+    except SpaceError as exc:
+        fail(str(exc))
+    environment.configure(data_dir)
+    try:
+        environment.start_api(data_dir)
+        from .sweep import sweep_flow
+
+        result = sweep_flow(
+            str(data_dir),
+            trials=trials,
+            space_file=str(space.resolve()) if space else None,
+            budget_minutes=budget_minutes,
+            study_name=study,
+            storage=storage,
+            task_runner=task_runner.value,
+            workers=workers or default_sweep_workers(),
+            dask_address=dask_address,
+            tracking_uri=tracking_uri,
+            registered_name=registered_name,
+        )
+    except (Stopped, KeyboardInterrupt):
+        raise  # before _known_errors(), whose imports would delay the exit by seconds
+    except _known_errors() as exc:
+        fail(str(exc))
+    except (OptunaError, SQLAlchemyError) as exc:
+        fail(f"study storage: {str(exc).splitlines()[0]}")
+    print_sweep(result)
+
+
+def default_sweep_workers() -> int:
+    """Trials in parallel by default: one where a training already fills the cores, else two."""
+    from .runner import default_workers
+
+    return 1 if default_workers() <= 2 else 2
+
+
+def print_sweep(result: dict) -> None:
+    """The study's trial table, what this run did and spent, and the registered best trial."""
+    view = Table(title=f"study {result['study']}")
+    for col in ("trial", "state", "objective", "epochs", "minutes", "params"):
+        view.add_column(col, justify="left" if col in ("state", "params") else "right")
+    for row in result["trials"]:
+        value = f"{row['value']:.4f}" if row["value"] is not None else "-"
+        minutes = f"{row['minutes']:.1f}" if row["minutes"] is not None else "-"
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        view.add_row(str(row["trial"]), row["state"], value, str(row["last_step"] or "-"), minutes, params)
+    console.print(view)
+    budget = f" of a {result['budget_minutes']:g}-minute budget" if result["budget_minutes"] is not None else ""
+    stop = "; the budget stopped new trials" if result["budget_hit"] else ""
+    retried = f"; retried interrupted trials {result['retried']}" if result["retried"] else ""
+    console.print(
+        f"ran {result['ran']} trials in {result['minutes_spent']:.1f} min{budget}{stop}{retried}", highlight=False
+    )
+    best = result["best"]
+    if best:
+        m = best["metrics"]
+        console.print(
+            f"best trial {best['trial']}: registered {best['model_uri']} as @{best['alias']} ({best['promotion']}); "
+            f"{best['eval_split']} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}",
+            highlight=False,
+        )
+    else:
+        console.print("no trial completed: nothing registered", highlight=False)
+    console.print(f"MLflow parent run {result['parent_run_id']} in {result['tracking_uri']}", highlight=False)
+
+
 @app.command("evaluate")
 def evaluate_command(
     data: Annotated[Path, typer.Option(help="Folder-per-class tree of face crops.")],

@@ -174,15 +174,18 @@ def register_task(
     }
 
 
-def _start_or_resume_run(
+def start_or_resume_run(
     work_dir: Path,
     experiment_id: str,
     config: TrainConfig,
     packed: PackedFaces,
-    labels: tuple[str, ...],
-    manifest_key: str,
     preset: str,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    extra_params: dict | None = None,
 ) -> str:
+    """The MLflow run of the training in ``work_dir``: created with its params on the first try,
+    found again (``work_dir/mlflow_run_id``) when an interrupted training resumes."""
     import mlflow
 
     from modelstore.runs import current_commit, package_versions
@@ -193,22 +196,24 @@ def _start_or_resume_run(
     client = mlflow.MlflowClient()
     commit = current_commit(Path(__file__).resolve().parent.parent)
     run = client.create_run(
-        experiment_id, run_name=f"{config.model}-{work_dir.name[:8]}", tags={"mlflow.source.git.commit": commit}
+        experiment_id,
+        run_name=run_name or f"{config.model}-{work_dir.name[:8]}",
+        tags={"mlflow.source.git.commit": commit, **(tags or {})},
     )
     run_id = run.info.run_id
     params = {
-        **{k: v for k, v in asdict(config).items()},
+        **asdict(config),
         "preset": preset,
-        "labels": ",".join(labels),
-        "n_classes": len(labels),
-        "manifest_hash": manifest_key,
+        "labels": ",".join(packed.labels),
+        "n_classes": len(packed.labels),
+        "manifest_hash": packed.key,
         **{f"n_{split}": n for split, n in packed.counts().items()},
         **package_versions(),
+        **(extra_params or {}),
     }
-    for key, value in params.items():
-        client.log_param(run_id, key, value)
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
     work_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run_id)
+    atomic_write(marker, run_id.encode())
     return run_id
 
 
@@ -251,7 +256,7 @@ def train_flow(
             shutil.rmtree(work_dir)
         artifacts = Path(data_dir).resolve() / "mlflow" / "artifacts" if local_store else None
         experiment_id = modelstore.ensure_experiment(experiment, artifacts)
-        run_id = _start_or_resume_run(work_dir, experiment_id, config, packed, packed.labels, packed.key, preset)
+        run_id = start_or_resume_run(work_dir, experiment_id, config, packed, preset)
         outcome = fit_task(packed, config, str(work_dir), run_id)
         result = register_task(
             packed, outcome, config, run_id, registered_name, str(Path(data_dir) / "mlflow" / "model-cache"), preset

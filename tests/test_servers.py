@@ -85,7 +85,7 @@ def test_servers_deploy_and_run_the_pipeline_through_a_worker(datasets, tmp_path
         deployed = subprocess.run([*prefect, "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         names = {d["name"] for d in api(f"{api_url}/deployments/filter", {})}
-        assert names == {"pipeline", "compress", "crop", "split", "train"}
+        assert names == {"pipeline", "compress", "crop", "split", "train", "sweep"}
 
         worker = subprocess.Popen(
             [*prefect, "worker", "start", "--pool", "emotion-process"],
@@ -118,6 +118,20 @@ def test_servers_deploy_and_run_the_pipeline_through_a_worker(datasets, tmp_path
         champion = client.get_model_version_by_alias("emotion-classifier", "champion")
         logged = client.get_run(champion.run_id)
         assert "test_accuracy" in logged.data.metrics and logged.data.params["model"] == "vgg_mid"
+
+        # the sweep deployment, through the same worker, logging to the same MLflow server
+        space = tmp_path / "space.yaml"
+        space.write_text("preset: smoke\npruner: none\nparams:\n  learning_rate: {low: 1.0e-3, high: 2.0e-3}\n")
+        swept = subprocess.run(
+            [*prefect, "deployment", "run", "emotion-pipeline/sweep", "--watch", "--watch-timeout", "400",
+             "-p", f"data_dir={data}", "-p", "trials=2", "-p", f"space_file={space}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=450,
+        )  # fmt: skip
+        assert swept.returncode == 0, swept.stdout[-2000:] + swept.stderr[-2000:]
+        runs = client.search_runs([client.get_experiment_by_name("emotion-pipeline").experiment_id])
+        (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 2 and parent.data.tags["sweep.best_model_uri"].startswith("models:/emotion-classifier/")
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)

@@ -1,0 +1,275 @@
+"""`emotion sweep`: search-space files, Optuna trial accounting, and real sweeps on a FER2013 sample
+(2 trials in parallel on a local Dask cluster, pruning, MLflow parent and child runs, the best
+registered, rerun and kill -9 resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from emotion_core.study import (
+    baseline_params,
+    check_space,
+    counted_trials,
+    open_study,
+    original_number,
+    retry_interrupted,
+)
+from emotion_core.sweep_space import SpaceError, load_space, parse_space, suggest
+from tests.conftest import ROOT
+from tests.test_stopping import clean_env, split_cmd
+
+# Four tiny trials: two queued first (a sound recipe and one whose learning rate is far too small
+# to learn anything in 3 epochs), then two drawn by the sampler. The median pruner compares each
+# trial from epoch 2 on with the trials completed so far, so with 2 workers the bad recipe, which
+# can only start once a trial has completed, is pruned whatever the order the others finish in.
+TINY_SPACE = """\
+preset: smoke
+objective: val_accuracy
+sampler: {type: random, seed: 7}
+pruner: {type: median, n_startup_trials: 1, n_warmup_steps: 1}
+params:
+  epochs: 3
+  model: vgg_lite
+  learning_rate: {low: 1.0e-7, high: 3.0e-3, log: true}
+  batch_size: {choices: [32, 64]}
+enqueue:
+  - {learning_rate: 2.0e-3, batch_size: 32}
+  - {learning_rate: 1.5e-3, batch_size: 32}
+  - {learning_rate: 1.0e-7, batch_size: 32}
+"""
+
+
+def write_space(tmp_path: Path, text: str = TINY_SPACE) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- search-space files ----------------------------------------------------------------------------
+
+
+def test_default_space_is_valid_and_its_baseline_is_the_preset():
+    space = load_space()
+    check_space(space)
+    assert space.preset == "cpu" and space.direction == "maximize"
+    (baseline,) = baseline_params(space)
+    preset = space.config({})
+    assert baseline["model"] == preset.model and baseline["learning_rate"] == preset.learning_rate
+    assert space.config(baseline) == preset  # the queued first trial is the preset itself
+
+
+def test_suggestions_stay_in_the_space_and_become_configs():
+    space = load_space()
+    study = optuna.create_study(direction=space.direction, sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        overrides = suggest(study.ask(), space)
+        assert overrides["model"] in ("vgg_lite", "vgg_mid", "vgg_wide")
+        assert 3e-4 <= overrides["learning_rate"] <= 3e-3
+        assert overrides["batch_size"] in (32, 64, 128)
+        config = space.config(overrides)
+        assert config.epochs == 30 and config.crop in (36, 40, 44)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("params: {epochz: 3}", "params.epochz"),
+        ("params: {seed: 3}", "params.seed"),
+        ("params: {learning_rate: {low: 0.1, high: 0.01}}", "params.learning_rate"),
+        ("params: {learning_rate: {low: 0.0, high: 0.01, log: true}}", "params.learning_rate.log"),
+        ("params: {learning_rate: {low: 0.001}}", "params.learning_rate"),
+        ("params: {model: {choices: [vgg_mid, resnet9000]}}", "params.model.choices"),
+        ("params: {batch_size: {choices: [32, big]}}", "params.batch_size.choices"),
+        ("params: {learning_rate: {low: 0.001, high: 0.01, steps: 2}}", "params.learning_rate.steps"),
+        ("params: {epochs: 3}\nenqueue: [{epochs: 4}]", "enqueue[0].epochs"),
+        ("params: {epochs: 3}\nprunner: median", "prunner"),
+        ("params: {epochs: 3}\npreset: turbo", "preset"),
+        ("params: {epochs: 3}\npruner: {type: cheetah}", "pruner.type"),
+        ("params: {crop: 60}", "params"),
+        ("params: {epochs: 3", "line"),
+        ("- just a list", "expected a mapping"),
+    ],
+)
+def test_bad_space_files_name_the_key(tmp_path, text, named):
+    with pytest.raises(SpaceError, match="space file .*space.yaml") as error:
+        load_space(write_space(tmp_path, text))
+    assert named in str(error.value)
+
+
+def test_bad_pruner_arguments_name_the_key(tmp_path):
+    space = load_space(write_space(tmp_path, "params: {epochs: 3}\npruner: {type: median, n_startup: 1}"))
+    with pytest.raises(SpaceError, match="pruner: .*n_startup"):
+        check_space(space)
+
+
+def test_cli_rejects_a_bad_space_in_one_line(tmp_path):
+    from flows.cli import app
+
+    result = CliRunner().invoke(
+        app, ["sweep", "-d", str(tmp_path / "d"), "--space", str(write_space(tmp_path, "x: 1"))]
+    )
+    assert result.exit_code == 2
+    assert "x: unknown key" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()  # nothing started, nothing written
+    missing = CliRunner().invoke(app, ["sweep", "-d", str(tmp_path / "d"), "--space", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_interrupted_trials_are_retried_with_their_params_and_not_counted_twice(tmp_path):
+    space = parse_space(
+        {"preset": "smoke", "params": {"learning_rate": {"low": 1e-4, "high": 1e-2}}, "enqueue": [{}]}, "test"
+    )
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study(space, "s", storage, create=True)
+    first, second = study.ask(), study.ask()
+    assert suggest(first, space) == baseline_params(space)[0] == {"learning_rate": 1e-3}  # the queued preset first
+    lr = suggest(second, space)["learning_rate"]
+    second.set_user_attr("work_dir", "trial-001")
+    study.tell(first, 0.5)
+    # the sweep was killed with `second` running: the next run fails it and queues it again
+    again = open_study(space, "s", storage, create=True)
+    assert retry_interrupted(again) == [second.number]
+    assert len(counted_trials(again)) == 1
+    retry = again.ask()
+    assert suggest(retry, space)["learning_rate"] == lr and retry.user_attrs["work_dir"] == "trial-001"
+    assert original_number(again.trials[retry.number]) == second.number
+    again.tell(retry, 0.6)
+    assert [t.number for t in counted_trials(again)] == [first.number, retry.number]
+    states = [t.state for t in again.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    with pytest.raises(SpaceError, match="another search space"):
+        open_study(load_space(), "s", storage, create=True)
+
+
+# --- real sweeps -------------------------------------------------------------------------------------
+
+
+def sweep_cmd(data: Path, space: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "flows", "sweep", "-d", str(data), "--trials", "4", "--space", str(space), *extra]
+
+
+def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done
+
+
+@contextmanager
+def read_only_mlflow(data: Path):
+    """A client of the data dir's embedded MLflow store (not the registry another test configured)."""
+    import mlflow
+
+    uri = f"sqlite:///{data.resolve() / 'mlflow' / 'mlflow.db'}"
+    yield mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def the_study(data: Path) -> optuna.Study:
+    storage = f"sqlite:///{data / 'sweeps' / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def finished_models(data: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in (data / "sweeps").glob("*/trial-*/final.keras")}
+
+
+@pytest.fixture(scope="module")
+def split_sample(datasets, tmp_path_factory) -> Path:
+    """360 faces of three FER2013 classes, through compress, crop and split."""
+    base = tmp_path_factory.mktemp("sweep")
+    for label in ("happy", "surprise", "sad"):
+        (base / "input" / label).mkdir(parents=True)
+        for path in sorted((datasets / "fer2013" / "train" / label).glob("*.jpg"))[:120]:
+            (base / "input" / label / path.name).symlink_to(path)
+    run(split_cmd(base / "input", base / "split"))
+    return base / "split"
+
+
+@pytest.mark.slow
+def test_sweep_on_dask_prunes_registers_the_best_and_a_rerun_trains_nothing(split_sample, tmp_path):
+    data = tmp_path / "data"
+    subprocess.run(["cp", "-a", str(split_sample), str(data)], check=True)
+    space = write_space(tmp_path)
+    out = run(sweep_cmd(data, space, "--task-runner", "dask", "--workers", "2")).stdout
+    assert "ran 4 trials" in out and "best trial" in out
+
+    study = the_study(data)
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and TrialState.PRUNED in states and TrialState.COMPLETE in states
+    bad = next(t for t in study.trials if t.params["learning_rate"] == 1e-7)
+    assert bad.state == TrialState.PRUNED and bad.last_step < 3  # stopped before its last epoch
+
+    with read_only_mlflow(data) as client:
+        runs = client.search_runs([client.get_experiment_by_name("emotion-pipeline").experiment_id])
+        (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 4 and len(runs) == 5
+        outcomes = {r.info.run_id: (r.data.tags["sweep.outcome"], r.info.status) for r in children}
+        assert ("pruned", "KILLED") in outcomes.values() and ("completed", "FINISHED") in outcomes.values()
+        for child in children:  # per-epoch metrics and the trial's own params
+            history = client.get_metric_history(child.info.run_id, "val_accuracy")
+            assert 1 <= len(history) <= 3 and "trial.learning_rate" in child.data.params
+        artefacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+        assert {"sweep/space.yaml", "sweep/trials.csv", "sweep/optimization_history.png"} <= artefacts
+        best = study.best_trial
+        assert parent.data.tags["sweep.best_trial"] == str(best.number)
+        champion = client.get_model_version_by_alias("emotion-classifier", "champion")
+        assert champion.run_id == best.user_attrs["mlflow_run_id"]  # the best trial's model, registered
+        versions = client.search_model_versions("name='emotion-classifier'")
+        assert len(versions) == 1  # only the best is registered
+
+    models = finished_models(data)
+    assert len(models) == 4
+    again = run(sweep_cmd(data, space, "--task-runner", "dask", "--workers", "2")).stdout
+    assert "ran 0 trials" in again
+    assert finished_models(data) == models  # nothing retrained
+    assert len(the_study(data).trials) == 4
+
+
+@pytest.mark.slow
+def test_kill_9_mid_sweep_then_rerun_ends_with_n_trials_none_duplicated(split_sample, tmp_path):
+    data = tmp_path / "data"
+    subprocess.run(["cp", "-a", str(split_sample), str(data)], check=True)
+    space = write_space(tmp_path)
+    cmd = sweep_cmd(data, space, "--task-runner", "processes", "--workers", "2")
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=clean_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    states = lambda: list((data / "sweeps").glob("*/trial-*/checkpoint/state.json"))  # noqa: E731
+    while proc.poll() is None and not states() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+    os.kill(proc.pid, signal.SIGKILL)  # mid-trial: an epoch finished, the trials still running
+    proc.wait()
+    running = [t.number for t in the_study(data).trials if t.state == TrialState.RUNNING]
+    assert running, "the kill should have left trials running"
+
+    out = run(cmd).stdout
+    assert "retried interrupted trials" in out
+    study = the_study(data)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4  # N in all
+    assert len({t.user_attrs["work_dir"] for t in finished}) == 4
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 4  # none duplicated
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert sorted(original_number(t) for t in finished if original_number(t) != t.number) == sorted(
+        t.number for t in failed
+    )  # each interrupted try was retried exactly once
+    with read_only_mlflow(data) as client:
+        runs = client.search_runs([client.get_experiment_by_name("emotion-pipeline").experiment_id])
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(children) == 4  # a retried trial goes on in its first try's run
+        assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
