@@ -29,6 +29,7 @@ def configure(data_dir: str | os.PathLike | None = None) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(Path(__file__).with_name("logging.yml")))
     if data_dir is not None and "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str(Path(data_dir).resolve() / "prefect"))
         served = running_url(data_dir, "prefect")  # `emotion server start` runs one for this data dir
@@ -47,6 +48,16 @@ def mlflow_uri(data_dir: str | os.PathLike, explicit: str | None = None) -> str:
     from modelstore.tracking import default_tracking_uri
 
     return default_tracking_uri(data_dir, explicit)
+
+
+class NoRunErrorsOnConsole(logging.Filter):
+    """Drops a flow or task run's error records (with their tracebacks) from the terminal: the
+    command prints the error in one line, and the records still reach the Prefect API and UI.
+    Installed on Prefect's console handler by ``flows/logging.yml``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        of_a_run = getattr(record, "flow_run_id", None) or getattr(record, "task_run_id", None)
+        return not (of_a_run and record.levelno >= logging.ERROR)
 
 
 def start_api(data_dir: str | os.PathLike) -> str | None:

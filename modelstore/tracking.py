@@ -7,9 +7,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import mlflow
+# MLflow draws tqdm progress bars when downloading a model wherever tqdm is installed (Optuna
+# brings it); on a command line that prints one-line errors or JSON they are noise. The user's
+# setting wins.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from emotion_core.servers import running_url
+import mlflow  # noqa: E402
+
+from emotion_core.servers import running_url  # noqa: E402
 
 DEFAULT_EXPERIMENT = "emotion-pipeline"
 # The user's setting as the process started: mlflow.set_tracking_uri() overwrites the environment

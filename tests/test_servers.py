@@ -123,7 +123,7 @@ def test_servers_deploy_and_run_the_pipeline_through_a_worker(datasets, tmp_path
         space = tmp_path / "space.yaml"
         space.write_text("preset: smoke\npruner: none\nparams:\n  learning_rate: {low: 1.0e-3, high: 2.0e-3}\n")
         swept = subprocess.run(
-            [*prefect, "deployment", "run", "emotion-pipeline/sweep", "--watch", "--watch-timeout", "400",
+            [*prefect, "deployment", "run", "sweep/sweep", "--watch", "--watch-timeout", "400",
              "-p", f"data_dir={data}", "-p", "trials=2", "-p", f"space_file={space}"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=450,
         )  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -156,12 +157,17 @@ def test_interrupted_trials_are_retried_with_their_params_and_not_counted_twice(
 # --- real sweeps -------------------------------------------------------------------------------------
 
 
+def sweep_env() -> dict[str, str]:
+    """The user's environment: no Prefect or MLflow server configured (the data dir's own stores)."""
+    return {k: v for k, v in clean_env().items() if not k.startswith("MLFLOW_")}
+
+
 def sweep_cmd(data: Path, space: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "flows", "sweep", "-d", str(data), "--trials", "4", "--space", str(space), *extra]
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(cmd, env=sweep_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     return done
@@ -198,78 +204,83 @@ def split_sample(datasets, tmp_path_factory) -> Path:
     return base / "split"
 
 
+def study_states(data: Path) -> list[str]:
+    """The trial states in the study database, read without Optuna (the sweep is writing it)."""
+    db = data / "sweeps" / "optuna.db"
+    if not db.is_file():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return [row[0] for row in con.execute("SELECT state FROM trials")]
+    except sqlite3.Error:
+        return []
+
+
+def kill_mid_sweep(cmd: list[str], data: Path, log: Path) -> None:
+    """Start the sweep and kill -9 it once a trial has completed while another one is mid-training
+    (an epoch checkpoint written, no final model yet)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=sweep_env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+
+    def mid_training() -> bool:
+        states = study_states(data)
+        if "COMPLETE" not in states or "RUNNING" not in states:
+            return False
+        trials = (data / "sweeps").glob("*/trial-*")
+        return any((t / "checkpoint" / "state.json").is_file() and not (t / "final.keras").is_file() for t in trials)
+
+    while proc.poll() is None and not mid_training() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the sweep ended before the kill:\n{log.read_text()[-3000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
-def test_sweep_on_dask_prunes_registers_the_best_and_a_rerun_trains_nothing(split_sample, tmp_path):
+def test_sweep_on_dask_killed_resumes_prunes_registers_the_best_and_a_rerun_trains_nothing(split_sample, tmp_path):
     data = tmp_path / "data"
     subprocess.run(["cp", "-a", str(split_sample), str(data)], check=True)
-    space = write_space(tmp_path)
-    out = run(sweep_cmd(data, space, "--task-runner", "dask", "--workers", "2")).stdout
-    assert "ran 4 trials" in out and "best trial" in out
+    cmd = sweep_cmd(data, write_space(tmp_path), "--task-runner", "dask", "--workers", "2")
+    kill_mid_sweep(cmd, data, tmp_path / "killed.log")
+    assert "RUNNING" in study_states(data), "the kill should have left a trial running"
 
+    out = run(cmd).stdout
+    assert "retried interrupted trials" in out and "best trial" in out
     study = the_study(data)
-    states = [t.state for t in study.trials]
-    assert len(states) == 4 and TrialState.PRUNED in states and TrialState.COMPLETE in states
-    bad = next(t for t in study.trials if t.params["learning_rate"] == 1e-7)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4  # N in all
+    assert len({t.user_attrs["work_dir"] for t in finished}) == 4
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 4  # none duplicated
+    failed = [t.number for t in study.trials if t.state == TrialState.FAIL]
+    retries = [original_number(t) for t in finished if original_number(t) != t.number]
+    assert failed and sorted(retries) == sorted(failed)  # each interrupted try retried once
+    bad = next(t for t in finished if t.params["learning_rate"] == 1e-7)
     assert bad.state == TrialState.PRUNED and bad.last_step < 3  # stopped before its last epoch
+    assert TrialState.COMPLETE in [t.state for t in finished]
 
     with read_only_mlflow(data) as client:
         runs = client.search_runs([client.get_experiment_by_name("emotion-pipeline").experiment_id])
         (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == 4 and len(runs) == 5
-        outcomes = {r.info.run_id: (r.data.tags["sweep.outcome"], r.info.status) for r in children}
-        assert ("pruned", "KILLED") in outcomes.values() and ("completed", "FINISHED") in outcomes.values()
-        for child in children:  # per-epoch metrics and the trial's own params
-            history = client.get_metric_history(child.info.run_id, "val_accuracy")
-            assert 1 <= len(history) <= 3 and "trial.learning_rate" in child.data.params
+        assert len(children) == 4 and len(runs) == 5  # a retried trial goes on in its first try's run
+        outcomes = [(r.data.tags["sweep.outcome"], r.info.status) for r in children]
+        assert ("pruned", "KILLED") in outcomes and ("completed", "FINISHED") in outcomes
+        assert all(o in (("pruned", "KILLED"), ("completed", "FINISHED")) for o in outcomes)
+        for child in children:  # per-epoch metrics, one per epoch however often it was resumed
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+            assert 1 <= len(steps) <= 3 and "trial.learning_rate" in child.data.params
         artefacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
         assert {"sweep/space.yaml", "sweep/trials.csv", "sweep/optimization_history.png"} <= artefacts
         best = study.best_trial
         assert parent.data.tags["sweep.best_trial"] == str(best.number)
         champion = client.get_model_version_by_alias("emotion-classifier", "champion")
         assert champion.run_id == best.user_attrs["mlflow_run_id"]  # the best trial's model, registered
-        versions = client.search_model_versions("name='emotion-classifier'")
-        assert len(versions) == 1  # only the best is registered
+        assert len(client.search_model_versions("name='emotion-classifier'")) == 1  # only the best
 
     models = finished_models(data)
     assert len(models) == 4
-    again = run(sweep_cmd(data, space, "--task-runner", "dask", "--workers", "2")).stdout
+    again = run(cmd).stdout
     assert "ran 0 trials" in again
     assert finished_models(data) == models  # nothing retrained
-    assert len(the_study(data).trials) == 4
-
-
-@pytest.mark.slow
-def test_kill_9_mid_sweep_then_rerun_ends_with_n_trials_none_duplicated(split_sample, tmp_path):
-    data = tmp_path / "data"
-    subprocess.run(["cp", "-a", str(split_sample), str(data)], check=True)
-    space = write_space(tmp_path)
-    cmd = sweep_cmd(data, space, "--task-runner", "processes", "--workers", "2")
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen(cmd, env=clean_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    states = lambda: list((data / "sweeps").glob("*/trial-*/checkpoint/state.json"))  # noqa: E731
-    while proc.poll() is None and not states() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-    os.kill(proc.pid, signal.SIGKILL)  # mid-trial: an epoch finished, the trials still running
-    proc.wait()
-    running = [t.number for t in the_study(data).trials if t.state == TrialState.RUNNING]
-    assert running, "the kill should have left trials running"
-
-    out = run(cmd).stdout
-    assert "retried interrupted trials" in out
-    study = the_study(data)
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 4  # N in all
-    assert len({t.user_attrs["work_dir"] for t in finished}) == 4
-    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 4  # none duplicated
-    failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert sorted(original_number(t) for t in finished if original_number(t) != t.number) == sorted(
-        t.number for t in failed
-    )  # each interrupted try was retried exactly once
-    with read_only_mlflow(data) as client:
-        runs = client.search_runs([client.get_experiment_by_name("emotion-pipeline").experiment_id])
-        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        assert len(children) == 4  # a retried trial goes on in its first try's run
-        assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    assert len(the_study(data).trials) == len(study.trials)
