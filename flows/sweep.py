@@ -211,7 +211,9 @@ def _adopt_child_run(experiment_id: str, work: Path) -> None:
 
 
 def _record(study, future, number: int, run_id: str, logger) -> dict:
-    """Tell Optuna how a trial ended and mark its MLflow run: completed, pruned or failed."""
+    """Mark a trial's MLflow run with how it ended (completed, pruned or failed), then tell Optuna:
+    in that order, so a sweep killed in between retries the trial (instantly: its model is saved)
+    instead of leaving a finished trial whose run says nothing."""
     import mlflow
     from optuna.trial import TrialState
 
@@ -219,21 +221,20 @@ def _record(study, future, number: int, run_id: str, logger) -> dict:
     try:
         result = future.result()
     except Exception as exc:  # the trial's error, recorded; the sweep goes on
-        study.tell(number, state=TrialState.FAIL)
         client.set_tag(run_id, "sweep.outcome", "failed")
         client.set_tag(run_id, "sweep.error", str(exc)[:4000])
         client.set_terminated(run_id, "FAILED")
+        study.tell(number, state=TrialState.FAIL)
         logger.error("trial %d failed: %s", number, exc)
         return {"number": number, "state": "failed", "error": str(exc)}
-    if result["state"] == "pruned":
-        study.tell(number, state=TrialState.PRUNED)
-        status = "KILLED"
-    else:
-        study.tell(number, result["value"])
-        status = "FINISHED"
+    pruned = result["state"] == "pruned"
     client.set_tag(run_id, "sweep.outcome", result["state"])
     client.log_metric(run_id, "sweep_objective", result["value"])
-    client.set_terminated(run_id, status)
+    client.set_terminated(run_id, "KILLED" if pruned else "FINISHED")
+    if pruned:
+        study.tell(number, state=TrialState.PRUNED)
+    else:
+        study.tell(number, result["value"])
     logger.info("trial %d %s: %.4f after %d epochs", number, result["state"], result["value"], result["epochs_run"])
     return result
 
