@@ -160,7 +160,6 @@ def make_pruning_reporter(trial: optuna.trial.Trial, objective: str, past: dict[
         def __init__(self):
             super().__init__()
             self.pruned_at: int | None = None
-            self.reported = 0
             for epoch, value in enumerate(past.get(objective, [])):
                 self._report(value, epoch)
 
@@ -169,7 +168,6 @@ def make_pruning_reporter(trial: optuna.trial.Trial, objective: str, past: dict[
                 with warnings.catch_warnings():  # a step reported before (a resumed try) is ignored
                     warnings.simplefilter("ignore", UserWarning)
                     trial.report(float(value), epoch + 1)
-            self.reported = epoch + 1
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(objective)

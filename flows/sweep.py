@@ -63,7 +63,7 @@ def sweep_flow(
     trial's model is registered under the champion/challenger rule of ``emotion train``.
     """
     import modelstore
-    from emotion_core.study import counted_trials, default_storage, open_study, original_number, retry_interrupted
+    from emotion_core.study import counted_trials, default_storage, open_study, retry_interrupted
 
     if task_runner not in SWEEP_RUNNERS:
         raise ValueError(
@@ -121,7 +121,7 @@ def sweep_flow(
             budget_hit = _run_trials(study, runner, trials, budget_minutes, started, launch, ran, logger)
         best = _best(study)
         registration = _register_best(study, best, space, packed, registered_name, data_dir) if best else None
-        rows = _trial_rows(study, original_number)
+        rows = _trial_rows(study)
         _log_parent(parent_id, space, name, rows, best, registration, study)
     summary = {
         "stage": "sweep",
@@ -268,8 +268,8 @@ def _register_best(study, best, space: SearchSpace, packed, registered_name: str
     return {**result, "reused": False}
 
 
-def _trial_rows(study, original_number) -> list[dict]:
-    from emotion_core.study import retried_numbers
+def _trial_rows(study) -> list[dict]:
+    from emotion_core.study import original_number, retried_numbers
 
     retried = retried_numbers(study)
     rows = []
