@@ -153,27 +153,37 @@ def trial_by_id(study: optuna.Study, number: int) -> optuna.trial.Trial:
 
 def make_pruning_reporter(trial: optuna.trial.Trial, objective: str, past: dict[str, list[float]]):
     """A Keras callback reporting ``objective`` after every epoch and stopping the fit when
-    Optuna's pruner says so; epochs of an earlier, interrupted try (``past``) are reported first."""
+    Optuna's pruner says so; epochs of an earlier, interrupted try (``past``) are reported first.
+
+    An epoch whose training loss is not finite (the recipe diverged) reports NaN instead of a
+    meaningless score from NaN weights: Optuna's threshold pruner prunes it at once, successive
+    halving and Hyperband at the trial's next rung, median and percentile once past their warm-up
+    if no epoch of the trial scored (they compare a trial's best epoch)."""
     import keras
 
     class PruningReporter(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.pruned_at: int | None = None
+            losses = past.get("loss", [])
             for epoch, value in enumerate(past.get(objective, [])):
-                self._report(value, epoch)
+                self._report(value, epoch, diverged=epoch < len(losses) and not math.isfinite(losses[epoch]))
 
-        def _report(self, value: float, epoch: int) -> None:
-            if value is not None and not math.isnan(value):
-                with warnings.catch_warnings():  # a step reported before (a resumed try) is ignored
-                    warnings.simplefilter("ignore", UserWarning)
-                    trial.report(float(value), epoch + 1)
+        def _report(self, value: float | None, epoch: int, diverged: bool = False) -> None:
+            if diverged:
+                value = math.nan
+            elif value is None or math.isnan(value):  # not recorded for that epoch
+                return
+            with warnings.catch_warnings():  # a step reported before (a resumed try) is ignored
+                warnings.simplefilter("ignore", UserWarning)
+                trial.report(float(value), epoch + 1)
 
         def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get(objective)
+            logs = logs or {}
+            value = logs.get(objective)
             if value is None:
                 return
-            self._report(float(value), epoch)
+            self._report(float(value), epoch, diverged=not math.isfinite(logs.get("loss", 0.0)))
             if trial.should_prune():
                 self.pruned_at = epoch + 1
                 self.model.stop_training = True

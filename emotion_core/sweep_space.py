@@ -160,12 +160,14 @@ def parse_space(data: Any, source: str) -> SearchSpace:
     if not isinstance(raw_enqueue, list) or not all(isinstance(e, dict) for e in raw_enqueue):
         fail("enqueue", "expected a list of mappings (trials to run first)")
     space = SearchSpace(preset, objective, params, sampler, pruner, tuple(raw_enqueue), source)
-    searched = {p.name for p in params if not p.fixed}
+    searched = {p.name: p for p in params if not p.fixed}
     for i, trial in enumerate(raw_enqueue):
         for name, value in trial.items():
+            key = f"enqueue[{i}].{name}"
             if name not in searched:
-                fail(f"enqueue[{i}].{name}", f"not a searched param (searched: {sorted(searched)})")
-            _check_value(name, value, f"enqueue[{i}].{name}", fail)
+                fail(key, f"not a searched param (searched: {sorted(searched)})")
+            _check_value(name, value, key, fail)
+            _check_in_space(searched[name], value, key, fail)
     try:  # the preset with every fixed value applied must be a valid recipe
         space.config({})
     except (ValueError, TypeError) as exc:
@@ -211,6 +213,14 @@ def _check_value(name: str, value: Any, key: str, fail) -> None:
         fail(key, f"expected a whole number, got {value!r}")
     if kind == "str" and not isinstance(value, str):
         fail(key, f"expected a string, got {value!r}")
+
+
+def _check_in_space(param: Param, value: Any, key: str, fail) -> None:
+    """A queued value must be one the search could draw (Optuna refuses others when it retries)."""
+    if param.choices is not None and value not in param.choices:
+        fail(key, f"{value!r} is not one of the choices {list(param.choices)}")
+    if param.low is not None and not param.low <= value <= param.high:
+        fail(key, f"{value!r} is outside the range {param.low} to {param.high}")
 
 
 def _param(name: str, spec: Any, fail) -> Param:

@@ -5,6 +5,7 @@ registered, rerun and kill -9 resume)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -23,6 +24,7 @@ from emotion_core.study import (
     baseline_params,
     check_space,
     counted_trials,
+    make_pruning_reporter,
     open_study,
     original_number,
     retry_interrupted,
@@ -31,24 +33,28 @@ from emotion_core.sweep_space import SpaceError, load_space, parse_space, sugges
 from tests.conftest import ROOT
 from tests.test_stopping import clean_env, split_cmd
 
-# Four tiny trials: two queued first (a sound recipe and one whose learning rate is far too small
-# to learn anything in 3 epochs), then two drawn by the sampler. The median pruner compares each
-# trial from epoch 2 on with the trials completed so far, so with 2 workers the bad recipe, which
-# can only start once a trial has completed, is pruned whatever the order the others finish in.
+# Four tiny trials: two queued first (sound recipes), then one whose learning rate (1e30, the top of
+# a range no real space would have) wrecks the network in its first step, then one drawn by the
+# sampler (pruned or completed, whatever it draws). Trials are ranked and pruned on val loss: on 36
+# val faces accuracy after 2 epochs ties (every recipe predicts the largest class), the loss cannot.
+# The median pruner compares each epoch from the first with the trials completed so far; with 2
+# workers the third trial can only start once one of the first two has finished, and the first to
+# finish completes (there is nothing to compare it with), so the wrecked recipe (val loss ~1e29, or
+# NaN, which is pruned too) is pruned whatever the order the others finish in.
 TINY_SPACE = """\
 preset: smoke
-objective: val_accuracy
+objective: val_loss
 sampler: {type: random, seed: 7}
 pruner: {type: median, n_startup_trials: 1, n_warmup_steps: 1}
 params:
   epochs: 3
   model: vgg_lite
-  learning_rate: {low: 1.0e-7, high: 3.0e-3, log: true}
+  learning_rate: {low: 1.0e-4, high: 1.0e+30, log: true}
   batch_size: {choices: [32, 64]}
 enqueue:
   - {learning_rate: 2.0e-3, batch_size: 32}
   - {learning_rate: 1.5e-3, batch_size: 32}
-  - {learning_rate: 1.0e-7, batch_size: 32}
+  - {learning_rate: 1.0e+30, batch_size: 32}
 """
 
 
@@ -95,6 +101,8 @@ def test_suggestions_stay_in_the_space_and_become_configs():
         ("params: {batch_size: {choices: [32, big]}}", "params.batch_size.choices"),
         ("params: {learning_rate: {low: 0.001, high: 0.01, steps: 2}}", "params.learning_rate.steps"),
         ("params: {epochs: 3}\nenqueue: [{epochs: 4}]", "enqueue[0].epochs"),
+        ("params: {learning_rate: {low: 0.01, high: 0.1}}\nenqueue: [{learning_rate: 1}]", "enqueue[0].learning_rate"),
+        ("params: {batch_size: {choices: [32, 64]}}\nenqueue: [{}, {batch_size: 16}]", "enqueue[1].batch_size"),
         ("params: {epochs: 3}\nprunner: median", "prunner"),
         ("params: {epochs: 3}\npreset: turbo", "preset"),
         ("params: {epochs: 3}\npruner: {type: cheetah}", "pruner.type"),
@@ -126,6 +134,31 @@ def test_cli_rejects_a_bad_space_in_one_line(tmp_path):
     assert not (tmp_path / "d").exists()  # nothing started, nothing written
     missing = CliRunner().invoke(app, ["sweep", "-d", str(tmp_path / "d"), "--space", str(tmp_path / "none.yaml")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_a_diverged_epoch_is_reported_as_nan_and_pruned_whatever_its_score():
+    import keras
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(1, 1))
+    dist = {"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1.0)}
+    params = {"learning_rate": 1e-3}
+    done = optuna.trial.create_trial(params=params, distributions=dist, value=0.5, intermediate_values={1: 0.4})
+    study.add_trial(done)
+    outcomes = {}
+    for name, loss in (("finite", 1.2), ("nan", math.nan), ("inf", math.inf)):
+        trial = study.ask(dist)
+        reporter = make_pruning_reporter(trial, "val_accuracy", {})
+        reporter.set_model(keras.Sequential())
+        reporter.on_epoch_end(0, {"loss": loss, "val_accuracy": 0.9})  # above the completed trial's 0.4
+        outcomes[name] = (reporter.pruned_at, study._storage.get_trial(trial._trial_id).intermediate_values[1])
+    assert outcomes["finite"] == (None, 0.9)
+    for name in ("nan", "inf"):
+        assert outcomes[name][0] == 1 and math.isnan(outcomes[name][1])
+    # an interrupted try's diverged epochs are reported as NaN again when it resumes
+    trial = study.ask(dist)
+    make_pruning_reporter(trial, "val_accuracy", {"loss": [math.nan], "val_accuracy": [0.9]})
+    assert math.isnan(study._storage.get_trial(trial._trial_id).intermediate_values[1])
+    assert trial.should_prune()
 
 
 def test_interrupted_trials_are_retried_with_their_params_and_not_counted_twice(tmp_path):
@@ -255,9 +288,14 @@ def test_sweep_on_dask_killed_resumes_prunes_registers_the_best_and_a_rerun_trai
     failed = [t.number for t in study.trials if t.state == TrialState.FAIL]
     retries = [original_number(t) for t in finished if original_number(t) != t.number]
     assert failed and sorted(retries) == sorted(failed)  # each interrupted try retried once
-    # every trial reported its epochs to the pruner; a pruned one stopped before its last epoch
-    # (whether the bad recipe is pruned depends on how close the others are at epoch 2 on 36 val faces)
+    # every trial reported its epochs to the pruner; the wrecked recipe was pruned at its first epoch
+    # (its second, if the kill fell between its first checkpoint and the prune)
     assert all(t.intermediate_values for t in finished)
+    (wrecked,) = [t for t in finished if t.params["learning_rate"] == 1.0e30]
+    assert wrecked.state == TrialState.PRUNED and wrecked.last_step < 3
+    completed = [t for t in finished if t.state == TrialState.COMPLETE]
+    first = wrecked.intermediate_values[1]
+    assert math.isnan(first) or first > 100 * max(t.intermediate_values[1] for t in completed)
     assert all(t.last_step < 3 for t in finished if t.state == TrialState.PRUNED)
     assert TrialState.COMPLETE in [t.state for t in finished]
 
