@@ -1,10 +1,11 @@
 """FER2013 accuracy along the user's path, end to end, as the README reports it.
 
-    python -m bench.fer_accuracy [--preset cpu] [--model M] [--epochs N] [--work bench-out/fer-accuracy] [--json F]
+    python -m bench.fer_accuracy [--preset cpu] [--model M] [--epochs N] [--ratios 0.9,0.05,0.05]
+                                 [--work bench-out/fer-accuracy] [--json F]
 
 1. ``emotion pipeline <datasets>/fer2013/train -d WORK/<preset> --face-mode whole --preset P`` in a
    subprocess, wall-timed: compress, crop, split, train, register. The model trains on the split
-   stage's train share (80%); the val share is watched per epoch (the presets keep the last epoch)
+   stage's train share (80%, or ``--ratios``); the val share is watched per epoch (the presets keep the last epoch)
    and the test share decides the champion; public_test stays unseen. A rerun
    reuses finished work (an interrupted training resumes), so only an uninterrupted first run's wall
    time is the preset's budget.
@@ -79,14 +80,15 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--model", default=None, help="override the preset's model")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--ratios", default=None, help="train,val,test ratios of the split stage (default: its own)")
     parser.add_argument("--work", default="bench-out/fer-accuracy")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     fer, work = datasets_dir() / "fer2013", Path(args.work).resolve()
-    data_dir = work / "-".join([args.preset, *(str(v) for v in (args.model, args.epochs) if v)])
+    data_dir = work / "-".join([args.preset, *(str(v) for v in (args.model, args.epochs, args.ratios) if v)])
     command = ["pipeline", str(fer / "train"), "-d", str(data_dir), "--face-mode", "whole", "--preset", args.preset]
-    for option, value in (("--model", args.model), ("--epochs", args.epochs)):
+    for option, value in (("--model", args.model), ("--epochs", args.epochs), ("--ratios", args.ratios)):
         if value:
             command += [option, str(value)]
     start = time.perf_counter()
