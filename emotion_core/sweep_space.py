@@ -219,8 +219,14 @@ def _check_in_space(param: Param, value: Any, key: str, fail) -> None:
     """A queued value must be one the search could draw (Optuna refuses others when it retries)."""
     if param.choices is not None and value not in param.choices:
         fail(key, f"{value!r} is not one of the choices {list(param.choices)}")
-    if param.low is not None and not param.low <= value <= param.high:
+    if param.low is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        fail(key, f"expected a number in the range {param.low} to {param.high}, got {value!r}")
+    if not param.low <= value <= param.high:
         fail(key, f"{value!r} is outside the range {param.low} to {param.high}")
+    if param.step and abs((value - param.low) / param.step - round((value - param.low) / param.step)) > 1e-8:
+        fail(key, f"{value!r} is not on the range's steps of {param.step} from {param.low}")
 
 
 def _param(name: str, spec: Any, fail) -> Param:

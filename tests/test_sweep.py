@@ -103,6 +103,8 @@ def test_suggestions_stay_in_the_space_and_become_configs():
         ("params: {epochs: 3}\nenqueue: [{epochs: 4}]", "enqueue[0].epochs"),
         ("params: {learning_rate: {low: 0.01, high: 0.1}}\nenqueue: [{learning_rate: 1}]", "enqueue[0].learning_rate"),
         ("params: {batch_size: {choices: [32, 64]}}\nenqueue: [{}, {batch_size: 16}]", "enqueue[1].batch_size"),
+        ("params: {label_smoothing: {low: 0.0, high: 0.2}}\nenqueue: [{label_smoothing: null}]", "enqueue[0].label"),
+        ("params: {epochs: {low: 10, high: 40, step: 10}}\nenqueue: [{epochs: 25}]", "enqueue[0].epochs"),
         ("params: {epochs: 3}\nprunner: median", "prunner"),
         ("params: {epochs: 3}\npreset: turbo", "preset"),
         ("params: {epochs: 3}\npruner: {type: cheetah}", "pruner.type"),
