@@ -105,8 +105,7 @@ def baseline_params(space: SearchSpace) -> list[dict]:
             value = getattr(base, p.name)
             if p.fixed or p.name in params:
                 continue
-            inside = value in p.choices if p.choices is not None else p.low <= value <= p.high
-            if inside:
+            if p.contains(value):
                 params[p.name] = value
         out.append(params)
     return out

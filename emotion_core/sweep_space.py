@@ -69,6 +69,24 @@ class Param:
     def fixed(self) -> bool:
         return self.choices is None and self.low is None
 
+    def contains(self, value: Any) -> bool:
+        """Whether the search could draw ``value`` (one of the choices, or in the range and on its
+        steps); Optuna refuses any other value for a queued or retried trial."""
+        if self.choices is not None:
+            return value in self.choices
+        if self.low is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        steps = (value - self.low) / self.step if self.step else 0.0
+        return abs(steps - round(steps)) <= 1e-8
+
+    def domain(self) -> str:
+        if self.choices is not None:
+            return f"one of the choices {list(self.choices)}"
+        step = f" in steps of {self.step}" if self.step else ""
+        return f"a number from {self.low} to {self.high}{step}"
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -216,17 +234,8 @@ def _check_value(name: str, value: Any, key: str, fail) -> None:
 
 
 def _check_in_space(param: Param, value: Any, key: str, fail) -> None:
-    """A queued value must be one the search could draw (Optuna refuses others when it retries)."""
-    if param.choices is not None and value not in param.choices:
-        fail(key, f"{value!r} is not one of the choices {list(param.choices)}")
-    if param.low is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        fail(key, f"expected a number in the range {param.low} to {param.high}, got {value!r}")
-    if not param.low <= value <= param.high:
-        fail(key, f"{value!r} is outside the range {param.low} to {param.high}")
-    if param.step and abs((value - param.low) / param.step - round((value - param.low) / param.step)) > 1e-8:
-        fail(key, f"{value!r} is not on the range's steps of {param.step} from {param.low}")
+    if not param.contains(value):
+        fail(key, f"expected {param.domain()}, got {value!r}")
 
 
 def _param(name: str, spec: Any, fail) -> Param:

@@ -152,14 +152,14 @@ def test_a_diverged_epoch_is_reported_as_nan_and_pruned_whatever_its_score():
         reporter = make_pruning_reporter(trial, "val_accuracy", {})
         reporter.set_model(keras.Sequential())
         reporter.on_epoch_end(0, {"loss": loss, "val_accuracy": 0.9})  # above the completed trial's 0.4
-        outcomes[name] = (reporter.pruned_at, study._storage.get_trial(trial._trial_id).intermediate_values[1])
+        outcomes[name] = (reporter.pruned_at, study.trials[trial.number].intermediate_values[1])
     assert outcomes["finite"] == (None, 0.9)
     for name in ("nan", "inf"):
         assert outcomes[name][0] == 1 and math.isnan(outcomes[name][1])
     # an interrupted try's diverged epochs are reported as NaN again when it resumes
     trial = study.ask(dist)
     make_pruning_reporter(trial, "val_accuracy", {"loss": [math.nan], "val_accuracy": [0.9]})
-    assert math.isnan(study._storage.get_trial(trial._trial_id).intermediate_values[1])
+    assert math.isnan(study.trials[trial.number].intermediate_values[1])
     assert trial.should_prune()
 
 
