@@ -13,7 +13,7 @@ lint:
 FER ?= ../shared/datasets/fer2013
 PRETRAINED_DATA ?= pretrained-data
 pretrained:
-	.venv/bin/emotion pipeline $(FER)/train -d $(PRETRAINED_DATA) --face-mode whole --preset cpu
+	.venv/bin/emotion pipeline $(FER)/train -d $(PRETRAINED_DATA) --face-mode whole --preset cpu --budget-minutes 0
 	.venv/bin/emotion model export-pretrained -d $(PRETRAINED_DATA) --public-test $(FER)/public_test \
 		--duplicates $(FER)/train_duplicates_of_public_test.tsv \
-		--reproduce "make pretrained  (emotion pipeline $(FER)/train -d $(PRETRAINED_DATA) --face-mode whole --preset cpu; emotion model export-pretrained)"
+		--reproduce "make pretrained  (emotion pipeline $(FER)/train -d $(PRETRAINED_DATA) --face-mode whole --preset cpu --budget-minutes 0; emotion model export-pretrained)"

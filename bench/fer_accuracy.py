@@ -1,6 +1,7 @@
 """FER2013 accuracy along the user's path, end to end, as the README reports it.
 
-    python -m bench.fer_accuracy [--preset cpu] [--model M] [--epochs N] [--ratios 0.9,0.05,0.05]
+    python -m bench.fer_accuracy [--preset cpu] [--model M] [--epochs N] [--budget-minutes M]
+                                 [--ratios 0.9,0.05,0.05]
                                  [--work bench-out/fer-accuracy] [--json F]
 
 1. ``emotion pipeline <datasets>/fer2013/train -d WORK/<preset> --face-mode whole --preset P`` in a
@@ -71,8 +72,25 @@ def training_summary(data_dir: Path) -> dict:
     if not records:
         return {}
     record = json.loads(records[-1].read_text())
-    keep = ("model", "model_uri", "kept_epoch", "epochs_run", "alias")
+    keep = ("model", "model_uri", "kept_epoch", "epochs_run", "alias", "plan")
     return {**{k: record.get(k) for k in keep}, "test_split": record["metrics"]}
+
+
+def machine() -> str:
+    """The CPU's model name, core count and whether it has bfloat16 instructions (what the
+    training's cost depends on most)."""
+    from emotion_core.train import auto_precision
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = set(next(line.split(":", 1)[1] for line in lines if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        pass
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = "bfloat16 instructions" if auto_precision() == "mixed_bfloat16" else "no bfloat16 instructions"
+    return f"{name}, {os.cpu_count()} cores, {vectors}, {bf16}"
 
 
 def main() -> None:
@@ -80,23 +98,26 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--model", default=None, help="override the preset's model")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--budget-minutes", default=None, help="override the preset's time budget (0: none)")
     parser.add_argument("--ratios", default=None, help="train,val,test ratios of the split stage (default: its own)")
     parser.add_argument("--work", default="bench-out/fer-accuracy")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     fer, work = datasets_dir() / "fer2013", Path(args.work).resolve()
-    data_dir = work / "-".join([args.preset, *(str(v) for v in (args.model, args.epochs, args.ratios) if v)])
+    overrides = {"--model": args.model, "--epochs": args.epochs, "--budget-minutes": args.budget_minutes}
+    overrides["--ratios"] = args.ratios
+    data_dir = work / "-".join([args.preset, *(str(v) for v in overrides.values() if v is not None)])
     command = ["pipeline", str(fer / "train"), "-d", str(data_dir), "--face-mode", "whole", "--preset", args.preset]
-    for option, value in (("--model", args.model), ("--epochs", args.epochs), ("--ratios", args.ratios)):
-        if value:
+    for option, value in overrides.items():
+        if value is not None:
             command += [option, str(value)]
     start = time.perf_counter()
     emotion(*command)
     result: dict = {
         "command": "emotion " + " ".join(command),
         "pipeline_wall_min_this_process": round((time.perf_counter() - start) / 60, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "training": training_summary(data_dir),
     }
     deduplicated = work / "public_test_without_train_duplicates"

@@ -22,7 +22,9 @@ from .train import PRESETS, TrainConfig
 
 #: TrainConfig fields a trial may not change: they decide the data the trials are compared on.
 FIXED_FIELDS = ("input_size", "seed")
-TRAINABLE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in FIXED_FIELDS)
+#: Not searched: a trial trains its epochs whatever the machine (the sweep has its own time budget).
+NOT_SEARCHED = ("budget_minutes",)
+TRAINABLE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in FIXED_FIELDS + NOT_SEARCHED)
 OBJECTIVES = ("val_accuracy", "val_loss")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "successive_halving", "median", "percentile", "threshold", "none")
@@ -130,9 +132,10 @@ class SearchSpace:
         }
 
     def config(self, overrides: dict) -> TrainConfig:
-        """The preset with the fixed params and a trial's ``overrides`` applied, resolved."""
+        """The preset with the fixed params and a trial's ``overrides`` applied, resolved; without
+        the preset's time budget (a trial trains its epochs; the sweep has its own budget)."""
         fixed = {p.name: p.value for p in self.params if p.fixed}
-        return replace(PRESETS[self.preset], **fixed, **overrides).resolved()
+        return replace(PRESETS[self.preset], budget_minutes=None, **fixed, **overrides).resolved()
 
 
 def load_space(path: str | Path | None = None) -> SearchSpace:

@@ -8,11 +8,13 @@ import functools
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from .budget import TimeBudget, epoch_planner, read_plan
 from .dataset import PackedFaces, class_weights, make_tf_dataset, make_train_dataset
 from .imageio import atomic_write
 from .models import DEFAULT_MODEL, architecture_fingerprint, build_model, model_spec, with_flip_average
@@ -49,6 +51,7 @@ class TrainConfig:
     keep: str = "best"  # the weights kept: "best" (the best val-split epoch) or "last" (the schedule's end)
     flip_average: bool = False  # the saved model averages each face's probabilities with its mirror image's
     weight_decay: float = 0.0  # decoupled weight decay of Adam (AdamW), per unit of learning rate
+    budget_minutes: float | None = None  # fewer epochs where ``epochs`` would not end within it (emotion_core.budget)
 
     def resolved(self) -> TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
@@ -63,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"keep must be 'best' or 'last', got {resolved.keep!r}")
         if resolved.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {resolved.precision!r}; choose one of {PRECISIONS} or 'auto'")
+        if resolved.budget_minutes is not None and not resolved.budget_minutes > 0:
+            raise ValueError(f"budget_minutes must be positive, got {resolved.budget_minutes}")
         if resolved.crop is not None and not 8 <= resolved.crop <= resolved.input_size:
             raise ValueError(f"crop must be between 8 and the input size {resolved.input_size}, got {resolved.crop}")
         return resolved
@@ -77,7 +82,7 @@ class TrainConfig:
 
 
 #: Fields added after trainings were keyed without them: left out of the key at these defaults.
-KEY_STABLE_DEFAULTS = {"weight_decay": 0.0}
+KEY_STABLE_DEFAULTS = {"weight_decay": 0.0, "budget_minutes": None}
 
 CPU_EPOCHS = 100
 
@@ -89,8 +94,8 @@ COSINE = TrainConfig(batch_size=64, patience=None, label_smoothing=0.1, crop=40,
 
 #: Named presets.
 PRESETS: dict[str, TrainConfig] = {
-    "cpu": replace(COSINE, epochs=CPU_EPOCHS),
-    "cpu-long": replace(COSINE, model="vgg_wide", epochs=300),
+    "cpu": replace(COSINE, epochs=CPU_EPOCHS, budget_minutes=60),
+    "cpu-long": replace(COSINE, model="vgg_wide", epochs=300, budget_minutes=240),
     "gpu": replace(COSINE, model="vgg_wide", epochs=300, batch_size=128),
     "seed": TrainConfig(model="seed_cnn", epochs=15, batch_size=64, patience=15),
     "demo": replace(COSINE, epochs=20, batch_size=32, crop=None),
@@ -118,6 +123,7 @@ class TrainOutcome:
     kept_epoch: int  # 1-based: the best val-split epoch, or the last one (TrainConfig.keep)
     resumed_from_epoch: int  # 0 when the training started fresh
     work_dir: Path
+    plan: dict | None = None  # the time budget's plan (emotion_core.budget.read_plan), if it had one
 
 
 class EmptyTrainingData(ValueError):
@@ -148,7 +154,12 @@ def read_history(path: Path) -> dict[str, list[float]]:
 
 
 def train(
-    packed: PackedFaces, config: TrainConfig, work_dir: str | Path, callbacks: list | None = None
+    packed: PackedFaces,
+    config: TrainConfig,
+    work_dir: str | Path,
+    callbacks: list | None = None,
+    started_at: float | None = None,
+    clock=None,
 ) -> TrainOutcome:
     """Train ``config.model`` on the packed train split, validating on the val split.
 
@@ -157,6 +168,9 @@ def train(
     rerun skip training altogether. Training is deterministic (seeded, deterministic ops, batches
     and dropout masks that depend on the epoch alone), so a run killed at any point and resumed
     from its last checkpoint ends with the same weights as an uninterrupted one.
+
+    With ``config.budget_minutes``, counted from ``started_at`` (``clock()`` time, default: now),
+    the first epoch is timed and the schedule cut to the epochs that fit (``emotion_core.budget``).
     """
     import keras
     import tensorflow as tf
@@ -170,7 +184,12 @@ def train(
     if final.is_file():
         history = read_history(history_csv)
         model = keras.saving.load_model(final, compile=False, safe_mode=True)
-        return TrainOutcome(model, history, _kept_epoch(history, config.keep), len(history.get("loss", [])), work)
+        kept = _kept_epoch(history, config.keep)
+        return TrainOutcome(model, history, kept, len(history.get("loss", [])), work, read_plan(work))
+    budget = None
+    if config.budget_minutes:
+        clock = clock or time.time
+        budget = TimeBudget(config.budget_minutes, clock() if started_at is None else started_at, clock)
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
@@ -183,9 +202,10 @@ def train(
     model.compile(optimizer=_optimizer(config), loss=_loss(config), metrics=["accuracy"])
     patience = config.patience if config.patience is not None else config.epochs + 1
     early = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience)
-    if spec.schedule == "cosine":
+    planner = epoch_planner(work, config.epochs, budget)
+    if spec.schedule == "cosine":  # over the planned epochs: the first epoch's rate does not depend on them
         rate = keras.callbacks.LearningRateScheduler(
-            functools.partial(cosine_rate, base=config.learning_rate, epochs=config.epochs)
+            lambda epoch, _rate: cosine_rate(epoch, base=config.learning_rate, epochs=planner.epochs)
         )
         counters = {"early_stopping": early}
     else:
@@ -196,7 +216,7 @@ def train(
     checkpoint = epoch_checkpoint(work / "checkpoint", monitor, config.seed, counters)
     start = checkpoint.restore(model)
     _truncate_history(history_csv, start)
-    if start >= config.epochs or checkpoint.stopped:
+    if start >= planner.epochs or checkpoint.stopped:
         return _finish(model, work, monitor, start, config, n_classes)
     dataset, steps = make_train_dataset(
         x_train, y_train, config.batch_size, seed=config.seed, first_epoch=start, epochs=config.epochs, crop=config.crop
@@ -213,7 +233,7 @@ def train(
         class_weight=class_weights(y_train, n_classes, config.class_weight_power)
         if config.class_weight_power
         else None,
-        callbacks=[keras.callbacks.CSVLogger(str(history_csv), append=True), early, rate, checkpoint]
+        callbacks=[keras.callbacks.CSVLogger(str(history_csv), append=True), early, rate, planner, checkpoint]
         + list(callbacks or []),
         shuffle=False,  # the dataset is already in its (seed, epoch) order
         verbose=0,
@@ -296,7 +316,8 @@ def _finish(model, work: Path, monitor: str, resumed_from: int, config: TrainCon
     tmp = work / f".{FINAL_NAME}.tmp.keras"
     model.save(tmp)
     tmp.replace(work / FINAL_NAME)
-    return TrainOutcome(model, history, _kept_epoch(history, config.keep, monitor), resumed_from, work)
+    kept = _kept_epoch(history, config.keep, monitor)
+    return TrainOutcome(model, history, kept, resumed_from, work, read_plan(work))
 
 
 def _truncate_history(path: Path, epochs: int) -> None:

@@ -2,6 +2,7 @@
 after the embedded defaults are set, so ``--help`` is instant and errors are one line."""
 
 import os
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,12 @@ from emotion_core.train import PRESET_BUDGETS
 from . import environment
 
 PRESET_HELP = "; ".join(f"{name} ({budget})" for name, budget in PRESET_BUDGETS.items())
+BUDGET_HELP = (
+    "Minutes the whole command may take: the first epoch is timed and the schedule cut to the epochs "
+    "that fit (never more than the preset's or --epochs). Default: the preset's (cpu 60, cpu-long 240); "
+    "0: none. --epochs without it trains exactly those epochs."
+)
+COMMAND_STARTED = time.time()  # time budgets count from here: the command's start
 
 app = typer.Typer(
     name="emotion",
@@ -182,6 +189,10 @@ def print_training(result: dict) -> None:
         f"{result['eval_split']} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} (n={m['n']})",
         highlight=False,
     )
+    if result.get("plan"):
+        from emotion_core.budget import plan_summary
+
+        console.print(f"time budget: {plan_summary(result['plan'])}", highlight=False)
     console.print(
         f"registered {result['model_uri']} as @{result['alias']} ({result['promotion']}); "
         f"MLflow run {result['run_id']} in {result['tracking_uri']}",
@@ -212,6 +223,7 @@ def _pipeline_command(default_until: Stage, show_until: bool):
         epochs: Annotated[
             int | None, typer.Option(min=1, help="Override the preset's epochs.", hidden=not show_until)
         ] = None,
+        budget_minutes: Annotated[float | None, typer.Option(min=0, help=BUDGET_HELP, hidden=not show_until)] = None,
         tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.", hidden=not show_until)] = None,
         registered_name: Annotated[str, typer.Option(help="Registered model name.", hidden=not show_until)] = (
             "emotion-classifier"
@@ -221,6 +233,8 @@ def _pipeline_command(default_until: Stage, show_until: bool):
             "model": model,
             "preset": preset,
             "epochs": epochs,
+            "budget_minutes": budget_minutes,
+            "started_at": COMMAND_STARTED,
             "tracking_uri": tracking_uri,
             "registered_name": registered_name,
         }
@@ -264,6 +278,7 @@ def train_command(
     ] = None,
     preset: Annotated[str, typer.Option(help=f"Training preset: {PRESET_HELP}.")] = "cpu",
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's epochs.")] = None,
+    budget_minutes: Annotated[float | None, typer.Option(min=0, help=BUDGET_HELP)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override the preset's batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Override the model's learning rate.")] = None,
     precision: Annotated[
@@ -288,6 +303,8 @@ def train_command(
             model=model,
             preset=preset,
             epochs=epochs,
+            budget_minutes=budget_minutes,
+            started_at=COMMAND_STARTED,
             batch_size=batch_size,
             learning_rate=learning_rate,
             precision=precision.value if precision else None,

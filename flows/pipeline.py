@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import flow
@@ -39,8 +40,13 @@ def emotion_pipeline(
     epochs: int | None = None,
     tracking_uri: str | None = None,
     registered_name: str = "emotion-classifier",
+    budget_minutes: float | None = None,
+    started_at: float | None = None,
 ) -> dict:
-    """Run the stages in order up to and including ``until``; finished chunks are reused."""
+    """Run the stages in order up to and including ``until``; finished chunks are reused. The
+    training preset's time budget (or ``budget_minutes``) counts from ``started_at`` (Unix time,
+    default: this flow's start), so the earlier stages count against it."""
+    started_at = started_at or time.time()
     if until not in PIPELINE_STAGES:
         raise ValueError(f"unknown stage {until!r}; choose one of {PIPELINE_STAGES}")
     stop = PIPELINE_STAGES.index(until)
@@ -63,6 +69,8 @@ def emotion_pipeline(
                 epochs=epochs,
                 tracking_uri=tracking_uri,
                 registered_name=registered_name,
+                budget_minutes=budget_minutes,
+                started_at=started_at,
             )
     create_markdown_artifact(
         markdown=summary_markdown(out, data_dir),

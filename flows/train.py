@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from emotion_core import stopping
+from emotion_core.budget import plan_summary
 from emotion_core.dataset import PackedFaces, pack_faces
 from emotion_core.imageio import atomic_write
 from emotion_core.lock import data_dir_lock
@@ -31,10 +33,14 @@ def training_config(
     batch_size: int | None,
     learning_rate: float | None,
     precision: str | None = None,
+    budget_minutes: float | None = None,
 ) -> TrainConfig:
-    """A preset with the given overrides applied."""
+    """A preset with the given overrides applied. ``budget_minutes`` 0 turns the preset's time
+    budget off; epochs given without a budget are trained as given (no budget)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if budget_minutes is not None and budget_minutes < 0:
+        raise ValueError(f"the time budget must be positive minutes (or 0: none), got {budget_minutes}")
     overrides = {
         "model": model,
         "epochs": epochs,
@@ -43,6 +49,8 @@ def training_config(
         "precision": precision,
     }
     config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    if budget_minutes is not None or epochs is not None:
+        config = replace(config, budget_minutes=budget_minutes or None)
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError("epochs and batch size must be at least 1")
     return config.resolved()
@@ -58,16 +66,21 @@ def pack_task(data_dir: str, size: int) -> PackedFaces:
 
 
 @task(name="fit", cache_policy=NO_CACHE)
-def fit_task(packed: PackedFaces, config: TrainConfig, work_dir: str, run_id: str) -> TrainOutcome:
-    """Train with per-epoch metrics streamed to the MLflow run; resumes from the last finished epoch."""
+def fit_task(
+    packed: PackedFaces, config: TrainConfig, work_dir: str, run_id: str, started_at: float | None = None
+) -> TrainOutcome:
+    """Train with per-epoch metrics streamed to the MLflow run; resumes from the last finished epoch.
+    A time budget counts from ``started_at`` (Unix time; default: now)."""
     import mlflow
 
     from modelstore.runs import EpochLogger
 
     with mlflow.start_run(run_id=run_id):
-        outcome = train(packed, config, work_dir, callbacks=[EpochLogger()])
+        outcome = train(packed, config, work_dir, callbacks=[EpochLogger()], started_at=started_at)
     if outcome.resumed_from_epoch:
         get_run_logger().info("resumed training after epoch %d", outcome.resumed_from_epoch)
+    if outcome.plan:
+        get_run_logger().info("time budget: %s", plan_summary(outcome.plan))
     return outcome
 
 
@@ -123,6 +136,9 @@ def register_task(
         )
         if warnings:
             mlflow.set_tag("data_warning", " | ".join(warnings))
+        if outcome.plan:
+            mlflow.log_params({f"plan_{k}": v for k, v in outcome.plan.items()})
+            mlflow.set_tag("time_budget", plan_summary(outcome.plan))
         with tempfile.TemporaryDirectory() as tmp:
             report = Path(tmp)
             plot_confusion(metrics, report / "confusion_matrix.png", title=f"{split} split")
@@ -144,7 +160,9 @@ def register_task(
             {f"{split}_accuracy": metrics.accuracy, f"{split}_macro_f1": metrics.macro_f1},
             {"manifest_hash": packed.key, **{f"n_{s}": n for s, n in packed.counts().items()}},
             f"{preset} preset: {config.model}, {len(outcome.history.get('loss', []))} epochs "
-            f"(kept epoch {outcome.kept_epoch}: {config.keep}), run {run_id}",
+            f"(kept epoch {outcome.kept_epoch}: {config.keep}"
+            + (f"; time budget: {plan_summary(outcome.plan)}" if outcome.plan else "")
+            + f"), run {run_id}",
         )
         describe_version(registered_name, version, description, {**tags, "preset": preset, "model": config.model})
         mlflow.set_tags(
@@ -165,6 +183,7 @@ def register_task(
         "warnings": warnings,
         "kept_epoch": outcome.kept_epoch,
         "epochs_run": len(outcome.history.get("loss", [])),
+        "plan": outcome.plan,
         "registered_model": registered_name,
         "version": version,
         "alias": registration.alias,
@@ -230,15 +249,20 @@ def train_flow(
     registered_name: str = "emotion-classifier",
     experiment: str = "emotion-pipeline",
     retrain: bool = False,
+    budget_minutes: float | None = None,
+    started_at: float | None = None,
 ) -> dict:
     """Stage 4: train a model on the manifest's train split, log the run to MLflow and register the model.
 
     A training whose data and parameters are unchanged is not repeated (its registration is
-    returned) unless ``retrain``; an interrupted one resumes from its last finished epoch.
+    returned) unless ``retrain``; an interrupted one resumes from its last finished epoch. The
+    preset's time budget (or ``budget_minutes``; 0: none) counts from ``started_at`` (Unix time,
+    default: this flow's start) and cuts the schedule to the epochs that fit.
     """
     import modelstore
 
-    config = training_config(preset, model, epochs, batch_size, learning_rate, precision)
+    started_at = started_at or time.time()
+    config = training_config(preset, model, epochs, batch_size, learning_rate, precision, budget_minutes)
     uri = modelstore.configure(mlflow_uri(data_dir, tracking_uri))
     local_store = uri.startswith("sqlite:")
     with data_dir_lock(data_dir):
@@ -257,7 +281,7 @@ def train_flow(
         artifacts = Path(data_dir).resolve() / "mlflow" / "artifacts" if local_store else None
         experiment_id = modelstore.ensure_experiment(experiment, artifacts)
         run_id = start_or_resume_run(work_dir, experiment_id, config, packed, preset)
-        outcome = fit_task(packed, config, str(work_dir), run_id)
+        outcome = fit_task(packed, config, str(work_dir), run_id, started_at)
         result = register_task(
             packed, outcome, config, run_id, registered_name, str(Path(data_dir) / "mlflow" / "model-cache"), preset
         )

@@ -87,6 +87,7 @@ def test_suggestions_stay_in_the_space_and_become_configs():
         assert overrides["batch_size"] in (32, 64, 128)
         config = space.config(overrides)
         assert config.epochs == 30 and config.crop in (36, 40, 44)
+        assert config.budget_minutes is None  # trials train their epochs, not the cpu preset's hour
 
 
 @pytest.mark.parametrize(
@@ -94,6 +95,7 @@ def test_suggestions_stay_in_the_space_and_become_configs():
     [
         ("params: {epochz: 3}", "params.epochz"),
         ("params: {seed: 3}", "params.seed"),
+        ("params: {budget_minutes: 60}", "params.budget_minutes"),
         ("params: {learning_rate: {low: 0.1, high: 0.01}}", "params.learning_rate"),
         ("params: {learning_rate: {low: 0.0, high: 0.01, log: true}}", "params.learning_rate.log"),
         ("params: {learning_rate: {low: 0.001}}", "params.learning_rate"),

@@ -236,6 +236,79 @@ def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
     # tests/test_faults.py::test_twenty_random_kills_end_with_the_clean_runs_manifest_and_model.
 
 
+def test_plan_epochs_fits_the_rest_of_the_budget_after_the_first_epoch():
+    from emotion_core.budget import FINISH_RESERVE_S, plan_epochs
+
+    assert plan_epochs(100, 28.0, 3000.0) == 100  # a fast machine trains the preset's epochs
+    assert plan_epochs(100, 90.0, 3300.0) == 1 + int((3300 - FINISH_RESERVE_S) // 90)  # a slow one fewer
+    assert plan_epochs(100, 90.0, 60.0) == 1  # nothing left: the epoch already run
+    assert plan_epochs(100, 90.0, -500.0) == 1
+
+
+class TickingClock:
+    """A clock that advances ``step`` seconds each time it is read (the planner reads it at each
+    epoch's start and at the first epoch's end)."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_time_budget_trains_the_epochs_that_fit_and_resumes_on_its_plan(tmp_path):
+    """Epoch 1 takes 10 s on the clock, 20 s have passed when it ends: a budget of 120 s reserve
+    + 20 s + 25 s leaves room for 2 more epochs of the 5 asked for. The planned training is, weight
+    for weight, the training of ``epochs=3``; a resumed one follows the saved plan even when its
+    own clock would plan otherwise."""
+    import keras
+
+    from emotion_core.budget import FINISH_RESERVE_S, read_plan
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("simulated crash after epoch 2")
+
+    packed = packed_stripes(128, 32)
+    recipe = TrainConfig(batch_size=32, patience=None, label_smoothing=0.1, crop=40, keep="last")
+    budget_s = FINISH_RESERVE_S + 20 + 25
+    budgeted = replace(recipe, epochs=5, budget_minutes=budget_s / 60)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(packed, budgeted, tmp_path / "budget", callbacks=[Crash()], started_at=0.0, clock=TickingClock(10.0))
+    plan = read_plan(tmp_path / "budget")
+    assert plan["epochs"] == 3 and plan["cap"] == 5 and plan["first_epoch_seconds"] == 10.0
+    slow = TickingClock(1000.0)  # would plan 1 epoch
+    outcome = train(packed, budgeted, tmp_path / "budget", started_at=0.0, clock=slow)
+    assert outcome.resumed_from_epoch == 2 and len(outcome.history["loss"]) == 3 and outcome.plan == plan
+    outright = train(packed, replace(recipe, epochs=3), tmp_path / "outright")
+    assert outright.plan is None and len(outright.history["loss"]) == 3
+    assert outcome.history["loss"] == outright.history["loss"]
+    x_val = packed.part("val")[0]
+    assert np.array_equal(predict_probs(outcome.model, x_val), predict_probs(outright.model, x_val))
+    again = train(packed, budgeted, tmp_path / "budget", started_at=0.0, clock=slow)  # finished: reused
+    assert again.plan == plan and len(again.history["loss"]) == 3
+    roomy = train(packed, replace(budgeted, epochs=2), tmp_path / "roomy", started_at=0.0, clock=TickingClock(10.0))
+    assert roomy.plan["epochs"] == 2 and len(roomy.history["loss"]) == 2  # never more than asked for
+
+
+def test_presets_budgets_and_how_overrides_change_them():
+    from flows.train import training_config
+
+    assert PRESETS["cpu"].budget_minutes == 60 and PRESETS["cpu-long"].budget_minutes == 240
+    assert training_config("cpu", None, None, None, None).budget_minutes == 60
+    assert training_config("cpu", None, 30, None, None).budget_minutes is None  # --epochs alone: exactly those
+    assert training_config("cpu", None, 30, None, None, budget_minutes=45).budget_minutes == 45
+    assert training_config("cpu", None, None, None, None, budget_minutes=0).budget_minutes is None
+    assert training_config("smoke", None, None, None, None).budget_minutes is None
+    with pytest.raises(ValueError, match="time budget"):
+        training_config("cpu", None, None, None, None, budget_minutes=-5)
+    # trainings keyed before budgets existed keep their work folders
+    assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, budget_minutes=None).key("k")
+    assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, budget_minutes=60).key("k")
+
+
 def test_training_is_repeatable_in_one_process_after_other_training(tmp_path):
     """Same data and config give the same weights even when the process trained another model in
     between (the Prefect flow retries in-process); across processes: tests/test_faults.py."""

@@ -109,6 +109,25 @@ def test_training_logs_registers_and_loads_elsewhere(fer_data):
     assert np.allclose(other["probs"], predict_probs(here.model, x_test[:16]), atol=1e-5)
 
 
+def test_a_time_budget_cuts_the_schedule_and_says_so_in_the_run_and_registry(fer_data):
+    """A budget below the reserve kept for finishing leaves room for the first epoch only."""
+    from emotion_core.budget import FINISH_RESERVE_S
+    from flows.cli import app
+
+    assert FINISH_RESERVE_S > 60
+    args = ["train", "-d", str(fer_data), "--preset", "smoke", "--epochs", "3", "--budget-minutes", "1"]
+    result = CliRunner().invoke(app, [*args, "--registered-name", "emotion-budget"])
+    assert result.exit_code == 0, result.output
+    assert "1 epochs (kept 1)" in result.output
+    assert "time budget: 1 epoch (cut from 3) planned for 1 min" in result.output
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("emotion-budget", "1")
+    assert "time budget: 1 epoch (cut from 3)" in version.description
+    run = client.get_run(version.run_id)
+    assert run.data.params["plan_epochs"] == "1" and run.data.params["budget_minutes"] == "1.0"
+    assert run.data.tags["time_budget"].startswith("1 epoch (cut from 3)")
+
+
 def test_evaluate_command_on_a_labelled_folder(fer_data, datasets, tmp_path):
     from flows.cli import app
 
