@@ -11,6 +11,7 @@ import threading
 
 _requested = threading.Event()
 _signal: list[int] = []
+_worker_events: list = []  # multiprocessing Events that worker processes watch (worker_stop_event)
 
 
 class StopRequested(Exception):
@@ -24,9 +25,25 @@ class Stopped(BaseException):
 
 
 def request(signum: int = 0) -> None:
-    """Ask every chunk task and training step of this process to stop."""
+    """Ask every chunk task and training step of this process, and the worker processes it
+    started with :func:`worker_stop_event`, to stop."""
     _signal.append(signum)
     _requested.set()
+    for event in _worker_events:
+        event.set()
+
+
+def worker_stop_event():
+    """A ``spawn`` multiprocessing Event that :func:`request` sets: pass it to the worker
+    processes' :func:`exit_with_parent`, so they stop with this process instead of finishing the
+    chunks they hold (a process pool waits for its workers when it shuts down)."""
+    import multiprocessing
+
+    event = multiprocessing.get_context("spawn").Event()
+    if _requested.is_set():
+        event.set()
+    _worker_events.append(event)
+    return event
 
 
 def requested() -> bool:
@@ -57,10 +74,13 @@ def reset() -> None:
     _requested.clear()
 
 
-def exit_with_parent(interval: float = 0.25) -> None:
+def exit_with_parent(stop=None, interval: float = 0.25) -> None:
     """In a worker process (a process pool's ``initializer``): exit as soon as the process that
-    started it is gone (``kill -9`` of the command), instead of living on re-parented to init.
-    A watchdog thread compares the parent pid; unfinished chunks have no record and are redone."""
+    started it is gone (``kill -9`` of the command), instead of living on re-parented to init, or
+    as soon as it asks its workers to stop (``stop``, a :func:`worker_stop_event`: Ctrl-C or
+    SIGTERM of the command). A watchdog thread checks both; unfinished chunks have no record and
+    are redone by the next run, and their outputs are written atomically, so exiting mid-chunk
+    loses nothing."""
     import os
     import time
 
@@ -68,7 +88,10 @@ def exit_with_parent(interval: float = 0.25) -> None:
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(interval)
+            if stop is None:
+                time.sleep(interval)
+            elif stop.wait(interval):
+                break
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -136,10 +136,10 @@ def _run_pipeline(input_root: Path, data_dir: Path, until: Stage, **params) -> N
         fail(f"input root {input_root} does not exist or is not a folder")
     environment.configure(data_dir)
     try:
-        environment.start_api(data_dir)
-        from .pipeline import emotion_pipeline
+        with environment.prefect_api(data_dir):
+            from .pipeline import emotion_pipeline
 
-        result = emotion_pipeline(str(input_root), str(data_dir), until=until.value, **params)
+            result = emotion_pipeline(str(input_root), str(data_dir), until=until.value, **params)
     except (Stopped, KeyboardInterrupt):
         raise  # before _known_errors(), whose imports would delay the exit by seconds
     except _known_errors() as exc:
@@ -295,23 +295,23 @@ def train_command(
     """Train a model on DATA_DIR's manifest, log the run to MLflow and register the model."""
     environment.configure(data_dir)
     try:
-        environment.start_api(data_dir)
-        from .train import train_flow
+        with environment.prefect_api(data_dir):
+            from .train import train_flow
 
-        result = train_flow(
-            str(data_dir),
-            model=model,
-            preset=preset,
-            epochs=epochs,
-            budget_minutes=budget_minutes,
-            started_at=COMMAND_STARTED,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            precision=precision.value if precision else None,
-            tracking_uri=tracking_uri,
-            registered_name=registered_name,
-            retrain=retrain,
-        )
+            result = train_flow(
+                str(data_dir),
+                model=model,
+                preset=preset,
+                epochs=epochs,
+                budget_minutes=budget_minutes,
+                started_at=COMMAND_STARTED,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                precision=precision.value if precision else None,
+                tracking_uri=tracking_uri,
+                registered_name=registered_name,
+                retrain=retrain,
+            )
     except (Stopped, KeyboardInterrupt):
         raise  # before _known_errors(), whose imports would delay the exit by seconds
     except _known_errors() as exc:
@@ -362,22 +362,22 @@ def sweep_command(
         fail(str(exc))
     environment.configure(data_dir)
     try:
-        environment.start_api(data_dir)
-        from .sweep import sweep_flow
+        with environment.prefect_api(data_dir):
+            from .sweep import sweep_flow
 
-        result = sweep_flow(
-            str(data_dir),
-            trials=trials,
-            space_file=str(space.resolve()) if space else None,
-            budget_minutes=budget_minutes,
-            study_name=study,
-            storage=storage,
-            task_runner=task_runner.value,
-            workers=workers or default_sweep_workers(),
-            dask_address=dask_address,
-            tracking_uri=tracking_uri,
-            registered_name=registered_name,
-        )
+            result = sweep_flow(
+                str(data_dir),
+                trials=trials,
+                space_file=str(space.resolve()) if space else None,
+                budget_minutes=budget_minutes,
+                study_name=study,
+                storage=storage,
+                task_runner=task_runner.value,
+                workers=workers or default_sweep_workers(),
+                dask_address=dask_address,
+                tracking_uri=tracking_uri,
+                registered_name=registered_name,
+            )
     except (Stopped, KeyboardInterrupt):
         raise  # before _known_errors(), whose imports would delay the exit by seconds
     except _known_errors() as exc:
@@ -519,12 +519,12 @@ def demo_command(
         fail(f"dataset folder {data} does not exist")
     environment.configure(data_dir)
     try:
-        environment.start_api(data_dir)
-        from .demo import run_demo
+        with environment.prefect_api(data_dir):
+            from .demo import run_demo
 
-        result = run_demo(
-            data_dir, data, per_class=per_class, preset=preset, epochs=epochs, frames=frames, workers=workers
-        )
+            result = run_demo(
+                data_dir, data, per_class=per_class, preset=preset, epochs=epochs, frames=frames, workers=workers
+            )
     except (Stopped, KeyboardInterrupt):
         raise  # before _known_errors(), whose imports would delay the exit by seconds
     except _known_errors() as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from emotion_core.servers import running_url
@@ -60,15 +62,24 @@ class NoRunErrorsOnConsole(logging.Filter):
         return not (of_a_run and record.levelno >= logging.ERROR)
 
 
-def start_api(data_dir: str | os.PathLike) -> str | None:
-    """Start the embedded Prefect API for this command (see :mod:`flows.embedded_api`) unless a
-    server is configured (``PREFECT_API_URL``, or ``emotion server start`` for ``data_dir``).
-    Returns the API URL it started, or None."""
+@contextmanager
+def prefect_api(data_dir: str | os.PathLike) -> Iterator[str | None]:
+    """The Prefect API for this command's flows: the configured server (``PREFECT_API_URL``, or
+    ``emotion server start`` for ``data_dir``), else the embedded API started here (see
+    :mod:`flows.embedded_api`). Yields the URL it started, or None.
+
+    With the embedded API, flow runs send no heartbeats: they serve a server's detection of
+    crashed runs, and this API ends with the command, so they only cost time (each flow level
+    waits up to a second for its heartbeat thread when it ends, Ctrl-C included)."""
     if os.environ.get("PREFECT_API_URL"):
-        return None
+        yield None
+        return
     from .embedded_api import start
 
     global EMBEDDED_API_URL
     home = Path(os.environ.get("PREFECT_HOME") or Path(data_dir).resolve() / "prefect").expanduser()
     EMBEDDED_API_URL = start(home).url
-    return EMBEDDED_API_URL
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield EMBEDDED_API_URL

@@ -31,8 +31,10 @@ def make_task_runner(kind: str = "threads", workers: int | None = None, dask_add
     workers = workers or default_workers()
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
-    if kind == "processes":  # workers end within a second of a kill -9 of the command
-        return ProcessPoolTaskRunner(max_workers=workers, initializer=stopping.exit_with_parent)
+    if kind == "processes":  # workers end within a second of a kill -9, Ctrl-C or SIGTERM of the command
+        return ProcessPoolTaskRunner(
+            max_workers=workers, initializer=stopping.exit_with_parent, initargs=(stopping.worker_stop_event(),)
+        )
     if kind == "dask":
         from prefect_dask import DaskTaskRunner
 
