@@ -131,13 +131,15 @@ def make_train_dataset(
     first_epoch: int,
     epochs: int,
     crop: int | None = None,
+    erase: float = 0.0,
 ):
     """Training batches for epochs ``first_epoch .. epochs-1``; returns ``(dataset, steps_per_epoch)``.
 
     Each epoch's shuffle and each batch's augmentation are functions of ``(seed, epoch, step)``
     alone, never of a random state that lives in the process, so a training resumed at epoch
     ``k`` in a new process sees exactly the batches an uninterrupted one would have. With
-    ``crop`` each face is a ``crop`` x ``crop`` window of the augmented face (see :func:`augment_faces`).
+    ``crop`` each face is a ``crop`` x ``crop`` window of the augmented face, and with ``erase`` a
+    share of the faces has a random rectangle replaced by noise (see :func:`augment_faces`).
     """
     import tensorflow as tf
 
@@ -149,7 +151,7 @@ def make_train_dataset(
         epoch, step = divmod(int(i), steps)
         epoch += first_epoch
         idx = order(epoch)[step]
-        faces = augment_faces(x[idx], np.random.default_rng([seed, epoch, step]), crop=crop)
+        faces = augment_faces(x[idx], np.random.default_rng([seed, epoch, step]), crop=crop, erase=erase)
         return faces, y[idx].astype(np.int32)
 
     shape = (crop, crop) if crop else x.shape[1:]
@@ -184,6 +186,7 @@ def augment_faces(
     rotate: float = 0.05,
     zoom: float = 0.1,
     crop: int | None = None,
+    erase: float = 0.0,
 ) -> np.ndarray:
     """An augmented copy of a (B, H, W) uint8 batch, drawn from ``rng``; (B, crop, crop) with ``crop``.
 
@@ -195,6 +198,9 @@ def augment_faces(
     With ``crop`` the warp writes only the central ``crop`` x ``crop`` window of that result (at the
     face's own scale), so a model trained on it costs ``(crop / size)**2`` per face and sees the
     face at the scale it is shown at inference, where it gets the whole face.
+    With ``erase``, that share of the faces then has one random rectangle replaced by noise
+    (:func:`erase_rectangles`); the draws for it come after the warps', so ``erase=0`` gives the
+    batches it gave before the option existed.
     """
     n, h, w = faces.shape
     oh, ow = (crop, crop) if crop else (h, w)
@@ -208,7 +214,34 @@ def augment_faces(
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
+    if erase:
+        erase_rectangles(out, rng, erase)
     return out
+
+
+def erase_rectangles(
+    faces: np.ndarray,
+    rng: np.random.Generator,
+    share: float,
+    area: tuple[float, float] = (0.02, 0.25),
+    aspect: tuple[float, float] = (0.3, 3.3),
+) -> None:
+    """Random erasing (Zhong et al. 2017), in place on a (B, H, W) uint8 batch: each face with
+    probability ``share`` gets one rectangle of ``area`` (a share of the face) and ``aspect``
+    (height / width, log-uniform) at a random place, filled with uniform noise. Occluded mouths,
+    eyes and brows make the network use the whole face."""
+    n, h, w = faces.shape
+    chosen = rng.random(n) < share
+    areas = rng.uniform(*area, n) * h * w
+    ratios = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), n))
+    heights = np.clip(np.rint(np.sqrt(areas * ratios)), 1, h).astype(int)
+    widths = np.clip(np.rint(np.sqrt(areas / ratios)), 1, w).astype(int)
+    tops, lefts = rng.random(n), rng.random(n)
+    for i in np.flatnonzero(chosen):
+        top, left = int(tops[i] * (h - heights[i] + 1)), int(lefts[i] * (w - widths[i] + 1))
+        faces[i, top : top + heights[i], left : left + widths[i]] = rng.integers(
+            0, 256, (heights[i], widths[i]), dtype=np.uint8
+        )
 
 
 def augment_matrices(

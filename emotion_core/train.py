@@ -52,6 +52,7 @@ class TrainConfig:
     flip_average: bool = False  # the saved model averages each face's probabilities with its mirror image's
     weight_decay: float = 0.0  # decoupled weight decay of Adam (AdamW), per unit of learning rate
     budget_minutes: float | None = None  # fewer epochs where ``epochs`` would not end within it (emotion_core.budget)
+    erase: float = 0.0  # share of training faces with a random rectangle replaced by noise (random erasing)
 
     def resolved(self) -> TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
@@ -68,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"unknown precision {resolved.precision!r}; choose one of {PRECISIONS} or 'auto'")
         if resolved.budget_minutes is not None and not resolved.budget_minutes > 0:
             raise ValueError(f"budget_minutes must be positive, got {resolved.budget_minutes}")
+        if not 0.0 <= resolved.erase <= 1.0:
+            raise ValueError(f"erase must be a share between 0 and 1, got {resolved.erase}")
         if resolved.crop is not None and not 8 <= resolved.crop <= resolved.input_size:
             raise ValueError(f"crop must be between 8 and the input size {resolved.input_size}, got {resolved.crop}")
         return resolved
@@ -82,7 +85,7 @@ class TrainConfig:
 
 
 #: Fields added after trainings were keyed without them: left out of the key at these defaults.
-KEY_STABLE_DEFAULTS = {"weight_decay": 0.0, "budget_minutes": None}
+KEY_STABLE_DEFAULTS = {"weight_decay": 0.0, "budget_minutes": None, "erase": 0.0}
 
 CPU_EPOCHS = 100
 
@@ -219,7 +222,14 @@ def train(
     if start >= planner.epochs or checkpoint.stopped:
         return _finish(model, work, monitor, start, config, n_classes)
     dataset, steps = make_train_dataset(
-        x_train, y_train, config.batch_size, seed=config.seed, first_epoch=start, epochs=config.epochs, crop=config.crop
+        x_train,
+        y_train,
+        config.batch_size,
+        seed=config.seed,
+        first_epoch=start,
+        epochs=config.epochs,
+        crop=config.crop,
+        erase=config.erase,
     )
     validation = make_tf_dataset(x_val, y_val, 256, training=False) if has_val else None
     if config.label_smoothing:  # the categorical loss takes one-hot targets

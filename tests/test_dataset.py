@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotion_core.dataset import augment_faces, epoch_order, make_tf_dataset, make_train_dataset
+from emotion_core.dataset import augment_faces, epoch_order, erase_rectangles, make_tf_dataset, make_train_dataset
 
 
 def dot_faces(n: int, x: int, y: int) -> np.ndarray:
@@ -52,6 +52,34 @@ def test_cropped_training_batches_have_the_crop_size():
     dataset, steps = make_train_dataset(x, y, 16, seed=1, first_epoch=0, epochs=1, crop=40)
     shapes = {tuple(faces.shape) for faces, _ in dataset.as_numpy_iterator()}
     assert steps == 4 and shapes == {(16, 40, 40, 1)}
+
+
+def test_random_erasing_replaces_one_rectangle_in_about_its_share_of_faces():
+    faces = np.full((400, 40, 40), 128, np.uint8)
+    out = faces.copy()
+    erase_rectangles(out, np.random.default_rng(5), 0.5)
+    changed = out != 128
+    erased = changed.any(axis=(1, 2))
+    assert 160 <= erased.sum() <= 240
+    areas = []
+    for mask in changed[erased]:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+        assert box <= 0.25 * 1600 * 1.15  # one rectangle of at most a quarter of the face (rounding aside)
+        assert mask.sum() >= 0.9 * box  # filled with noise: few pixels keep the old value by chance
+        areas.append(box)
+    assert min(areas) < 0.06 * 1600 and max(areas) > 0.18 * 1600  # the area range is used
+    assert np.std(out[changed].astype(float)) > 60  # uniform noise, not a constant
+
+
+def test_erasing_off_keeps_the_batches_it_gave_before_and_on_changes_only_pixels():
+    faces = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    plain = augment_faces(faces, np.random.default_rng(7), crop=40)
+    assert np.array_equal(augment_faces(faces, np.random.default_rng(7), crop=40, erase=0.0), plain)
+    erased = augment_faces(faces, np.random.default_rng(7), crop=40, erase=1.0)
+    differs = (erased != plain).any(axis=(1, 2))
+    assert differs.all()  # every face got a rectangle, on the same warp
+    assert (erased == plain).mean() > 0.75
 
 
 def test_flip_mirrors_about_half_the_faces():

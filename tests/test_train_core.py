@@ -210,6 +210,11 @@ def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
         TrainConfig(crop=64).resolved()
     with pytest.raises(ValueError, match="keep"):
         TrainConfig(keep="first").resolved()
+    with pytest.raises(ValueError, match="erase"):
+        TrainConfig(erase=1.5).resolved()
+    # random erasing came later: trainings keyed without it keep their work folders
+    assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, erase=0.0).key("k")
+    assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, erase=0.5).key("k")
     # the seed's network has a fixed input size (Flatten): it trains on whole faces under any preset
     assert PRESETS["cpu"].resolved().crop == 40 and replace(PRESETS["cpu"], model="seed_cnn").resolved().crop is None
 
@@ -245,9 +250,21 @@ def test_plan_epochs_fits_the_rest_of_the_budget_after_the_first_epoch():
     assert plan_epochs(100, 90.0, -500.0) == 1
 
 
+def test_epochs_are_costed_at_the_first_epochs_pace_after_its_warm_up():
+    from emotion_core.budget import PACED_STEPS, WARM_UP_STEPS, steady_epoch_seconds
+
+    # 360 steps: the first 10 took 8 s (tracing), the next 350 at 0.1 s, then 2 s of validation
+    warm, last = (WARM_UP_STEPS, 8.0), (360, 8.0 + 350 * 0.1)
+    assert steady_epoch_seconds(45.0, 360, warm, last) == pytest.approx(360 * 0.1 + 2.0)
+    assert steady_epoch_seconds(45.0, 360, None, last) == 45.0  # too short an epoch to pace: all of it
+    assert steady_epoch_seconds(45.0, 360, warm, (WARM_UP_STEPS + PACED_STEPS - 1, 20.0)) == 45.0
+    assert steady_epoch_seconds(45.0, None, warm, last) == 45.0
+    assert steady_epoch_seconds(30.0, 360, (10, 0.5), (360, 35.5)) == 30.0  # never more than it took
+
+
 class TickingClock:
     """A clock that advances ``step`` seconds each time it is read (the planner reads it at each
-    epoch's start and at the first epoch's end)."""
+    epoch's start and end, and after each step of the epoch it plans on)."""
 
     def __init__(self, step: float):
         self.now, self.step = 0.0, step
@@ -258,10 +275,11 @@ class TickingClock:
 
 
 def test_a_time_budget_trains_the_epochs_that_fit_and_resumes_on_its_plan(tmp_path):
-    """Epoch 1 takes 10 s on the clock, 20 s have passed when it ends: a budget of 120 s reserve
-    + 20 s + 25 s leaves room for 2 more epochs of the 5 asked for. The planned training is, weight
-    for weight, the training of ``epochs=3``; a resumed one follows the saved plan even when its
-    own clock would plan otherwise."""
+    """On a clock that ticks 10 s a read, the first epoch of ``s`` steps (too few to pace) takes
+    10 (s + 1) s and ends 10 (s + 2) s after the start: a budget of that, the reserve and room for
+    2.5 more such epochs trains 3 of the 5 asked for. The planned training is, weight for weight,
+    the training of ``epochs=3``; a resumed one follows the saved plan even when its own clock
+    would plan otherwise."""
     import keras
 
     from emotion_core.budget import FINISH_RESERVE_S, read_plan
@@ -273,12 +291,15 @@ def test_a_time_budget_trains_the_epochs_that_fit_and_resumes_on_its_plan(tmp_pa
 
     packed = packed_stripes(128, 32)
     recipe = TrainConfig(batch_size=32, patience=None, label_smoothing=0.1, crop=40, keep="last")
-    budget_s = FINISH_RESERVE_S + 20 + 25
+    steps = len(packed.part("train")[1]) // 32  # full batches only (dataset.epoch_order)
+    epoch_s = 10.0 * (steps + 1)
+    budget_s = 10.0 * (steps + 2) + FINISH_RESERVE_S + 2.5 * epoch_s
     budgeted = replace(recipe, epochs=5, budget_minutes=budget_s / 60)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(packed, budgeted, tmp_path / "budget", callbacks=[Crash()], started_at=0.0, clock=TickingClock(10.0))
     plan = read_plan(tmp_path / "budget")
-    assert plan["epochs"] == 3 and plan["cap"] == 5 and plan["first_epoch_seconds"] == 10.0
+    assert plan["epochs"] == 3 and plan["cap"] == 5
+    assert plan["first_epoch_seconds"] == plan["epoch_seconds"] == epoch_s
     slow = TickingClock(1000.0)  # would plan 1 epoch
     outcome = train(packed, budgeted, tmp_path / "budget", started_at=0.0, clock=slow)
     assert outcome.resumed_from_epoch == 2 and len(outcome.history["loss"]) == 3 and outcome.plan == plan
