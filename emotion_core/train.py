@@ -108,10 +108,11 @@ PRESETS: dict[str, TrainConfig] = {
 #: What each preset costs, measured on FER2013 (28,709 faces) end to end: `emotion pipeline
 #: --face-mode whole`, 2 cores unless said otherwise. The CLI's help and the README quote these.
 PRESET_BUDGETS: dict[str, str] = {
-    "cpu": "100 epochs of vgg_mid on 40 px crops, bfloat16: FER2013 end to end in 49 min on 2 cores "
-    "(Intel Xeon with AMX-BF16; ~70 min estimated where the CPU lacks bfloat16: float32 crop steps took 1.4x)",
-    "cpu-long": "300 epochs of vgg_wide: ~3.1 h for FER2013 on 2 cores with bfloat16, from its measured "
-    "epoch cost (37 s)",
+    "cpu": "up to 100 epochs of vgg_mid on 40 px crops, bfloat16, within 60 min for the whole command: "
+    "FER2013 end to end in 49-58 min on 2 cores of an Intel Xeon with AMX-BF16; fewer epochs where they "
+    "do not fit (~37 on an AMD EPYC without bfloat16)",
+    "cpu-long": "up to 300 epochs of vgg_wide within 240 min: ~3.1 h for FER2013 on 2 cores with bfloat16, "
+    "from its measured epoch cost (37 s)",
     "gpu": "300 epochs of vgg_wide, batch 128: not yet measured on a GPU",
     "seed": "the seed's network and schedule: ~4.7 h for FER2013 on 2 cores",
     "demo": "20 epochs, for the generated demo faces",
