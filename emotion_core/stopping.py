@@ -11,7 +11,7 @@ import threading
 
 _requested = threading.Event()
 _signal: list[int] = []
-_worker_events: list = []  # multiprocessing Events that worker processes watch (worker_stop_event)
+_worker_event = None  # the multiprocessing Event worker processes watch (worker_stop_event)
 
 
 class StopRequested(Exception):
@@ -29,21 +29,22 @@ def request(signum: int = 0) -> None:
     started with :func:`worker_stop_event`, to stop."""
     _signal.append(signum)
     _requested.set()
-    for event in _worker_events:
-        event.set()
+    if _worker_event is not None:
+        _worker_event.set()
 
 
 def worker_stop_event():
     """A ``spawn`` multiprocessing Event that :func:`request` sets: pass it to the worker
     processes' :func:`exit_with_parent`, so they stop with this process instead of finishing the
     chunks they hold (a process pool waits for its workers when it shuts down)."""
-    import multiprocessing
+    global _worker_event
+    if _worker_event is None:
+        import multiprocessing
 
-    event = multiprocessing.get_context("spawn").Event()
-    if _requested.is_set():
-        event.set()
-    _worker_events.append(event)
-    return event
+        _worker_event = multiprocessing.get_context("spawn").Event()
+        if _requested.is_set():
+            _worker_event.set()
+    return _worker_event
 
 
 def requested() -> bool:
@@ -72,6 +73,8 @@ def reset() -> None:
     """Forget a stop request (tests, and long-lived processes that run several commands)."""
     _signal.clear()
     _requested.clear()
+    if _worker_event is not None:
+        _worker_event.clear()
 
 
 def exit_with_parent(stop=None, interval: float = 0.25) -> None:

@@ -184,6 +184,32 @@ def test_worker_processes_stop_with_the_command(runner, source_and_clean, tmp_pa
     assert_same_outputs(data, clean)
 
 
+def test_a_stop_request_ends_process_pool_workers_mid_chunk():
+    """Workers watch the command's stop request: a chunk that would run 60 s ends within seconds."""
+    import concurrent.futures
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    from emotion_core import stopping
+
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=stopping.exit_with_parent, initargs=(stopping.worker_stop_event(),),
+        )  # fmt: skip
+        future = pool.submit(time.sleep, 60)
+        time.sleep(0.5)  # started: the worker is up and holds the chunk
+        stopping.request(signal.SIGINT)
+        sent = time.monotonic()
+        with pytest.raises(BrokenProcessPool):
+            future.result(timeout=10)
+        assert time.monotonic() - sent < 5
+        pool.shutdown()
+    finally:
+        stopping.reset()
+    assert not stopping.worker_stop_event().is_set()  # a reset clears it for the next pool
+
+
 def test_a_server_left_by_a_crash_is_stopped_by_the_next_run(tmp_path):
     """A record naming a live API whose command is gone: the next start stops it, by that pid."""
     from flows.embedded_api import start, stop_leftover
