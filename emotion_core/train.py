@@ -21,6 +21,7 @@ from .models import DEFAULT_MODEL, architecture_fingerprint, build_model, model_
 
 FINAL_NAME = "final.keras"
 PRECISIONS = ("float32", "mixed_bfloat16")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def auto_precision(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
@@ -53,6 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # decoupled weight decay of Adam (AdamW), per unit of learning rate
     budget_minutes: float | None = None  # fewer epochs where ``epochs`` would not end within it (emotion_core.budget)
     erase: float = 0.0  # share of training faces with a random rectangle replaced by noise (random erasing)
+    optimizer: str = "adam"  # "adam", or "sgd": SGD with Nesterov momentum 0.9
 
     def resolved(self) -> TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
@@ -69,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"unknown precision {resolved.precision!r}; choose one of {PRECISIONS} or 'auto'")
         if resolved.budget_minutes is not None and not resolved.budget_minutes > 0:
             raise ValueError(f"budget_minutes must be positive, got {resolved.budget_minutes}")
+        if resolved.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose one of {OPTIMIZERS}")
         if not 0.0 <= resolved.erase <= 1.0:
             raise ValueError(f"erase must be a share between 0 and 1, got {resolved.erase}")
         if resolved.crop is not None and not 8 <= resolved.crop <= resolved.input_size:
@@ -85,7 +89,7 @@ class TrainConfig:
 
 
 #: Fields added after trainings were keyed without them: left out of the key at these defaults.
-KEY_STABLE_DEFAULTS = {"weight_decay": 0.0, "budget_minutes": None, "erase": 0.0}
+KEY_STABLE_DEFAULTS = {"weight_decay": 0.0, "budget_minutes": None, "erase": 0.0, "optimizer": "adam"}
 
 CPU_EPOCHS = 100
 
@@ -296,11 +300,18 @@ def _one_hot(dataset, n_classes: int):
 
 
 def _optimizer(config: TrainConfig):
-    """Adam; with ``weight_decay``, decoupled weight decay (AdamW) on the kernels only (not on
+    """Adam, or SGD with Nesterov momentum 0.9 (``config.optimizer``); with ``weight_decay``,
+    decoupled weight decay (AdamW; for SGD the same as an L2 penalty) on the kernels only (not on
     BatchNorm's scale and offset or on biases, as usual)."""
     import keras
 
-    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, weight_decay=config.weight_decay or None)
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            learning_rate=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=decay
+        )
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, weight_decay=decay)
     if config.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer

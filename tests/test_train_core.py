@@ -136,6 +136,20 @@ def test_training_learns_and_inference_matches_training(tmp_path, label_smoothin
     assert np.allclose(predict_probs(again.model, x_val), predict_probs(outcome.model, x_val), atol=1e-6)
 
 
+def test_sgd_with_nesterov_momentum_trains(tmp_path):
+    """``optimizer="sgd"``: SGD with Nesterov momentum 0.9 (and weight decay on the kernels) learns."""
+    import keras
+
+    from emotion_core.train import _optimizer
+
+    config = TrainConfig(epochs=4, batch_size=32, patience=None, optimizer="sgd", learning_rate=0.03)
+    sgd = _optimizer(replace(config, weight_decay=5e-4))
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.9 and sgd.weight_decay
+    outcome = train(packed_stripes(), config, tmp_path / "work")
+    x_val, y_val = packed_stripes().part("val")
+    assert float((predict_probs(outcome.model, x_val).argmax(1) == y_val).mean()) > 0.8, outcome.history
+
+
 def test_crop_trained_bfloat16_model_infers_on_whole_faces_in_float32(tmp_path):
     """The presets' recipe trains on 40 px crops in bfloat16; the model it keeps takes whole 48 px
     faces in float32, averages each face with its mirror image, and scores them as training's
@@ -215,6 +229,10 @@ def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
     # random erasing came later: trainings keyed without it keep their work folders
     assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, erase=0.0).key("k")
     assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, erase=0.5).key("k")
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop").resolved()
+    assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, optimizer="adam").key("k")
+    assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, optimizer="sgd").key("k")
     # the seed's network has a fixed input size (Flatten): it trains on whole faces under any preset
     assert PRESETS["cpu"].resolved().crop == 40 and replace(PRESETS["cpu"], model="seed_cnn").resolved().crop is None
 
