@@ -175,7 +175,6 @@ def _launch(study, space: SearchSpace, packed, sweep_root: Path, experiment_id: 
     config = space.config(overrides)
     work = Path(trial.user_attrs.get("work_dir") or sweep_root / f"trial-{trial.number:03d}-{config.key(packed.key)}")
     trial.set_user_attr("work_dir", str(work))  # before the run exists: a retry finds both again
-    _adopt_child_run(experiment_id, work)
     run_id = start_or_resume_run(
         work,
         experiment_id,
@@ -185,6 +184,7 @@ def _launch(study, space: SearchSpace, packed, sweep_root: Path, experiment_id: 
         run_name=f"trial-{original_number(trial)}-{config.model}",
         tags={"mlflow.parentRunId": parent_id, "sweep.study": study.study_name, "sweep.work_dir": str(work)},
         extra_params={f"trial.{k}": v for k, v in overrides.items()},
+        adopted_run_id=_adopt_child_run(experiment_id, work),
     )
     trial.set_user_attr("mlflow_run_id", run_id)
     import mlflow
@@ -193,21 +193,19 @@ def _launch(study, space: SearchSpace, packed, sweep_root: Path, experiment_id: 
     return trial, config, work, run_id
 
 
-def _adopt_child_run(experiment_id: str, work: Path) -> None:
+def _adopt_child_run(experiment_id: str, work: Path) -> str | None:
     """A sweep killed between creating a trial's MLflow run and recording its id in the trial's
-    folder left the run without the marker: find it by its folder tag so the retry goes on in it."""
+    folder left the run without the marker (and perhaps without its params): find it by its folder
+    tag so the retry goes on in it and logs the params (the same values: MLflow accepts them again)."""
     import mlflow
 
-    marker = work / "mlflow_run_id"
-    if marker.is_file():
-        return
+    if (work / "mlflow_run_id").is_file():
+        return None
     folder = str(work).replace("'", "\\'")
     found = mlflow.MlflowClient().search_runs(
         [experiment_id], filter_string=f"tags.`sweep.work_dir` = '{folder}'", max_results=1
     )
-    if found:
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write(marker, found[0].info.run_id.encode())
+    return found[0].info.run_id if found else None
 
 
 def _record(study, future, number: int, run_id: str, logger) -> dict:

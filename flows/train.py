@@ -202,9 +202,11 @@ def start_or_resume_run(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     extra_params: dict | None = None,
+    adopted_run_id: str | None = None,
 ) -> str:
     """The MLflow run of the training in ``work_dir``: created with its params on the first try,
-    found again (``work_dir/mlflow_run_id``) when an interrupted training resumes."""
+    found again (``work_dir/mlflow_run_id``) when an interrupted training resumes. With
+    ``adopted_run_id`` (a run created before a kill left no marker) that run gets the params."""
     import mlflow
 
     from modelstore.runs import current_commit, package_versions
@@ -214,12 +216,14 @@ def start_or_resume_run(
         return marker.read_text().strip()
     client = mlflow.MlflowClient()
     commit = current_commit(Path(__file__).resolve().parent.parent)
-    run = client.create_run(
-        experiment_id,
-        run_name=run_name or f"{config.model}-{work_dir.name[:8]}",
-        tags={"mlflow.source.git.commit": commit, **(tags or {})},
+    run_id = (
+        adopted_run_id
+        or client.create_run(
+            experiment_id,
+            run_name=run_name or f"{config.model}-{work_dir.name[:8]}",
+            tags={"mlflow.source.git.commit": commit, **(tags or {})},
+        ).info.run_id
     )
-    run_id = run.info.run_id
     params = {
         **asdict(config),
         "preset": preset,
