@@ -135,7 +135,11 @@ def test_servers_deploy_and_run_the_pipeline_through_a_worker(datasets, tmp_path
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=30)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a loaded machine: the worker's own shutdown is not under test
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
         stopped = emotion("server", "stop", "-d", str(data), env=env)
     assert stopped.returncode == 0 and "prefect" in stopped.stdout and "mlflow" in stopped.stdout
     assert not port_open(pport) and not port_open(mport)
