@@ -51,7 +51,7 @@ class TrainConfig:
     precision: str = "auto"  # "float32", "mixed_bfloat16", or "auto": bfloat16 where the CPU computes it natively
     keep: str = "best"  # the weights kept: "best" (the best val-split epoch) or "last" (the schedule's end)
     flip_average: bool = False  # the saved model averages each face's probabilities with its mirror image's
-    weight_decay: float = 0.0  # decoupled weight decay of Adam (AdamW), per unit of learning rate
+    weight_decay: float = 0.0  # decoupled weight decay on the kernels (AdamW with adam), per unit of learning rate
     budget_minutes: float | None = None  # fewer epochs where ``epochs`` would not end within it (emotion_core.budget)
     erase: float = 0.0  # share of training faces with a random rectangle replaced by noise (random erasing)
     optimizer: str = "adam"  # "adam", or "sgd": SGD with Nesterov momentum 0.9

@@ -191,6 +191,50 @@ def test_interrupted_trials_are_retried_with_their_params_and_not_counted_twice(
         open_study(load_space(), "s", storage, create=True)
 
 
+def test_a_trial_run_created_just_before_a_kill_is_adopted_with_its_params(tmp_path):
+    """A kill between creating a trial's MLflow run and writing its folder's marker left a run
+    with the folder tag and no params: the retry goes on in that run and logs them there."""
+    import mlflow
+    import numpy as np
+
+    from emotion_core.dataset import PackedFaces
+    from emotion_core.train import TrainConfig
+    from flows.sweep import _adopt_child_run
+    from flows.train import start_or_resume_run
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        experiment = client.create_experiment("sweep")
+        work, other = tmp_path / "trial-003-abc", tmp_path / "trial-004-def"
+        assert _adopt_child_run(experiment, work) is None  # no run yet: a new one is made
+        orphan = client.create_run(experiment, tags={"sweep.work_dir": str(work)}).info.run_id
+        client.create_run(experiment, tags={"sweep.work_dir": str(other)})
+        assert _adopt_child_run(experiment, work) == orphan  # found by its own folder, not another's
+        packed = PackedFaces(
+            np.zeros((2, 48, 48), np.uint8), np.array([0, 1]), np.array(["train"] * 2), ("a", "b"), "k"
+        )
+        config = TrainConfig(epochs=3, learning_rate=2e-3)
+        run_id = start_or_resume_run(
+            work,
+            experiment,
+            config,
+            packed,
+            preset="smoke",
+            extra_params={"trial.learning_rate": 2e-3},
+            adopted_run_id=_adopt_child_run(experiment, work),
+        )
+        assert run_id == orphan and (work / "mlflow_run_id").read_text() == orphan
+        params = client.get_run(orphan).data.params
+        assert params["trial.learning_rate"] == "0.002" and params["epochs"] == "3" and params["preset"] == "smoke"
+        assert _adopt_child_run(experiment, work) is None  # the marker now names it
+        assert start_or_resume_run(work, experiment, config, packed, preset="smoke") == orphan
+        assert len(client.search_runs([experiment])) == 2  # nothing created on the way
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 # --- real sweeps -------------------------------------------------------------------------------------
 
 

@@ -145,7 +145,16 @@ def test_sgd_with_nesterov_momentum_trains(tmp_path):
     config = TrainConfig(epochs=4, batch_size=32, patience=None, optimizer="sgd", learning_rate=0.03)
     sgd = _optimizer(replace(config, weight_decay=5e-4))
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.9 and sgd.weight_decay
-    outcome = train(packed_stripes(), config, tmp_path / "work")
+    compiled = []
+
+    class SeeOptimizer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            compiled.append((self.model.optimizer, float(self.model.optimizer.learning_rate)))
+
+    outcome = train(packed_stripes(), config, tmp_path / "work", callbacks=[SeeOptimizer()])
+    ((used, rate),) = compiled  # the training itself ran with SGD, Nesterov momentum 0.9, at the config's rate
+    assert isinstance(used, keras.optimizers.SGD) and used.nesterov and used.momentum == 0.9
+    assert rate == pytest.approx(0.03) and not used.weight_decay
     x_val, y_val = packed_stripes().part("val")
     assert float((predict_probs(outcome.model, x_val).argmax(1) == y_val).mean()) > 0.8, outcome.history
 
