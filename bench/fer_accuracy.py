@@ -1,7 +1,7 @@
 """FER2013 accuracy along the user's path, end to end, as the README reports it.
 
     python -m bench.fer_accuracy [--preset cpu] [--model M] [--epochs N] [--budget-minutes M]
-                                 [--ratios 0.9,0.05,0.05]
+                                 [--ratios 0.9,0.05,0.05] [--learning-rate R] [--optimizer sgd]
                                  [--work bench-out/fer-accuracy] [--json F]
 
 1. ``emotion pipeline <datasets>/fer2013/train -d WORK/<preset> --face-mode whole --preset P`` in a
@@ -100,13 +100,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--budget-minutes", default=None, help="override the preset's time budget (0: none)")
     parser.add_argument("--ratios", default=None, help="train,val,test ratios of the split stage (default: its own)")
+    parser.add_argument("--learning-rate", default=None, help="override the preset's learning rate")
+    parser.add_argument("--optimizer", default=None, help="override the preset's optimizer (adam, sgd)")
     parser.add_argument("--work", default="bench-out/fer-accuracy")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     fer, work = datasets_dir() / "fer2013", Path(args.work).resolve()
     overrides = {"--model": args.model, "--epochs": args.epochs, "--budget-minutes": args.budget_minutes}
-    overrides["--ratios"] = args.ratios
+    overrides |= {"--ratios": args.ratios, "--learning-rate": args.learning_rate, "--optimizer": args.optimizer}
     data_dir = work / "-".join([args.preset, *(str(v) for v in overrides.values() if v is not None)])
     command = ["pipeline", str(fer / "train"), "-d", str(data_dir), "--face-mode", "whole", "--preset", args.preset]
     for option, value in overrides.items():

@@ -60,6 +60,8 @@ class TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
         model with a fixed input size (``seed_cnn``) trains on whole faces when crops are asked for."""
         spec = model_spec(self.model)
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"the learning rate must be positive, got {self.learning_rate}")
         resolved = self if self.learning_rate else replace(self, learning_rate=spec.learning_rate)
         if resolved.crop and not spec.any_size:
             resolved = replace(resolved, crop=None)

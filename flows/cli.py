@@ -54,6 +54,11 @@ class Precision(StrEnum):
     mixed_bfloat16 = "mixed_bfloat16"
 
 
+class Optimizer(StrEnum):
+    adam = "adam"
+    sgd = "sgd"
+
+
 class Policy(StrEnum):
     largest = "largest"
     all = "all"
@@ -88,6 +93,8 @@ TrackingUri = Annotated[
     typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under DATA_DIR/mlflow)."),
 ]
 RegisteredName = Annotated[str, typer.Option(help="Registered model name in MLflow.")]
+LEARNING_RATE_HELP = "Override the preset's learning rate (the peak of its schedule)."
+OPTIMIZER_HELP = "Override the preset's optimizer: adam, or sgd (SGD with Nesterov momentum 0.9)."
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -224,6 +231,8 @@ def _pipeline_command(default_until: Stage, show_until: bool):
             int | None, typer.Option(min=1, help="Override the preset's epochs.", hidden=not show_until)
         ] = None,
         budget_minutes: Annotated[float | None, typer.Option(min=0, help=BUDGET_HELP, hidden=not show_until)] = None,
+        learning_rate: Annotated[float | None, typer.Option(help=LEARNING_RATE_HELP, hidden=not show_until)] = None,
+        optimizer: Annotated[Optimizer | None, typer.Option(help=OPTIMIZER_HELP, hidden=not show_until)] = None,
         tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.", hidden=not show_until)] = None,
         registered_name: Annotated[str, typer.Option(help="Registered model name.", hidden=not show_until)] = (
             "emotion-classifier"
@@ -234,6 +243,8 @@ def _pipeline_command(default_until: Stage, show_until: bool):
             "preset": preset,
             "epochs": epochs,
             "budget_minutes": budget_minutes,
+            "learning_rate": learning_rate,
+            "optimizer": optimizer.value if optimizer else None,
             "started_at": COMMAND_STARTED,
             "tracking_uri": tracking_uri,
             "registered_name": registered_name,
@@ -280,7 +291,8 @@ def train_command(
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's epochs.")] = None,
     budget_minutes: Annotated[float | None, typer.Option(min=0, help=BUDGET_HELP)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override the preset's batch size.")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Override the model's learning rate.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help=LEARNING_RATE_HELP)] = None,
+    optimizer: Annotated[Optimizer | None, typer.Option(help=OPTIMIZER_HELP)] = None,
     precision: Annotated[
         Precision | None,
         typer.Option(
@@ -307,6 +319,7 @@ def train_command(
                 started_at=COMMAND_STARTED,
                 batch_size=batch_size,
                 learning_rate=learning_rate,
+                optimizer=optimizer.value if optimizer else None,
                 precision=precision.value if precision else None,
                 tracking_uri=tracking_uri,
                 registered_name=registered_name,

@@ -42,6 +42,8 @@ def emotion_pipeline(
     registered_name: str = "emotion-classifier",
     budget_minutes: float | None = None,
     started_at: float | None = None,
+    learning_rate: float | None = None,
+    optimizer: str | None = None,
 ) -> dict:
     """Run the stages in order up to and including ``until``; finished chunks are reused. The
     training preset's time budget (or ``budget_minutes``) counts from ``started_at`` (Unix time,
@@ -71,6 +73,8 @@ def emotion_pipeline(
                 registered_name=registered_name,
                 budget_minutes=budget_minutes,
                 started_at=started_at,
+                learning_rate=learning_rate,
+                optimizer=optimizer,
             )
     create_markdown_artifact(
         markdown=summary_markdown(out, data_dir),

@@ -34,6 +34,7 @@ def training_config(
     learning_rate: float | None,
     precision: str | None = None,
     budget_minutes: float | None = None,
+    optimizer: str | None = None,
 ) -> TrainConfig:
     """A preset with the given overrides applied. ``budget_minutes`` 0 turns the preset's time
     budget off; epochs given without a budget are trained as given (no budget)."""
@@ -47,6 +48,7 @@ def training_config(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "precision": precision,
+        "optimizer": optimizer,
     }
     config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     if budget_minutes is not None or epochs is not None:
@@ -255,6 +257,7 @@ def train_flow(
     retrain: bool = False,
     budget_minutes: float | None = None,
     started_at: float | None = None,
+    optimizer: str | None = None,
 ) -> dict:
     """Stage 4: train a model on the manifest's train split, log the run to MLflow and register the model.
 
@@ -266,7 +269,7 @@ def train_flow(
     import modelstore
 
     started_at = started_at or time.time()
-    config = training_config(preset, model, epochs, batch_size, learning_rate, precision, budget_minutes)
+    config = training_config(preset, model, epochs, batch_size, learning_rate, precision, budget_minutes, optimizer)
     uri = modelstore.configure(mlflow_uri(data_dir, tracking_uri))
     local_store = uri.startswith("sqlite:")
     with data_dir_lock(data_dir):

@@ -219,3 +219,17 @@ def test_a_chunk_that_fails_once_is_retried_alone(small_tree, tmp_path, crop_cal
     assert out["status"].get("ok", 0) >= 9 and calls.count(victim) == 2
     repeated = {p for p in calls if calls.count(p) > 1}
     assert repeated == {victim}  # the retry redid the failed file's chunk up to the failure, nothing else
+
+
+def test_pipeline_command_passes_training_overrides_to_the_train_stage(tmp_path, monkeypatch):
+    """``emotion pipeline --learning-rate/--optimizer`` reach the training; the defaults leave the preset's."""
+    import flows.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_run_pipeline", lambda root, data, until, **params: calls.append(params))
+    base = ["pipeline", str(tmp_path), "-d", str(tmp_path / "data")]
+    for extra in ([], ["--learning-rate", "0.002", "--optimizer", "sgd"]):
+        result = CliRunner().invoke(cli.app, base + extra)
+        assert result.exit_code == 0, result.output
+    assert [(c["learning_rate"], c["optimizer"]) for c in calls] == [(None, None), (0.002, "sgd")]
+    assert CliRunner().invoke(cli.app, base + ["--optimizer", "rmsprop"]).exit_code != 0

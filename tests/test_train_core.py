@@ -246,6 +246,19 @@ def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
     assert PRESETS["cpu"].resolved().crop == 40 and replace(PRESETS["cpu"], model="seed_cnn").resolved().crop is None
 
 
+def test_learning_rate_and_optimizer_override_the_preset():
+    """``--learning-rate`` and ``--optimizer`` of ``emotion train`` and ``emotion pipeline``."""
+    from flows.train import training_config
+
+    preset = training_config("cpu", None, None, None, None)
+    overridden = training_config("cpu", None, None, None, 0.03, optimizer="sgd")
+    assert (overridden.learning_rate, overridden.optimizer) == (0.03, "sgd")
+    assert replace(overridden, learning_rate=preset.learning_rate, optimizer=preset.optimizer) == preset
+    for rate in (0.0, -1e-3):  # 0 silently meant "the model's default" before
+        with pytest.raises(ValueError, match="learning rate must be positive"):
+            training_config("cpu", None, None, None, rate)
+
+
 def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
     import keras
 
