@@ -3,6 +3,7 @@ epoch checkpoints, so an interrupted training resumes from its last finished epo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -201,14 +202,14 @@ def train(
         clock = clock or time.time
         budget = TimeBudget(config.budget_minutes, clock() if started_at is None else started_at, clock)
 
-    keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     x_train, y_train = packed.part("train")
     x_val, y_val = packed.part("val")
     has_val = len(x_val) > 0
     monitor = "val_accuracy" if has_val else "accuracy"
     n_classes = len(packed.labels)
-    model = training_model(config, n_classes)
+    with keras_seeds_of_its_own(config.seed):
+        model = training_model(config, n_classes)
     model.compile(optimizer=_optimizer(config), loss=_loss(config), metrics=["accuracy"])
     patience = config.patience if config.patience is not None else config.epochs + 1
     early = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience)
@@ -256,6 +257,32 @@ def train(
         verbose=0,
     )
     return _finish(model, work, monitor, start, config, n_classes)
+
+
+@contextlib.contextmanager
+def keras_seeds_of_its_own(seed: int):
+    """Seed Python, NumPy, TensorFlow and Keras for a training (``keras.utils.set_random_seed``),
+    and build its network inside this block with Keras's seeds drawn from a generator of its own.
+
+    Every Keras initializer and dropout layer takes its seed, when it is made, from Python's global
+    ``random``, which the orchestrator's threads use too: one draw of theirs while the network is
+    built changes its initial weights (seen once in a twenty-kill run under load: the resumed
+    pipeline trained other weights than the clean run from its first epoch). Inside this block
+    Keras draws from ``random.Random(seed)``, the sequence the seeded global generator gives when
+    nothing else draws from it, so every training keeps the weights it had before.
+    """
+    import random
+
+    import keras
+    from keras.src.random import seed_generator  # make_default_seed() draws from its python_random
+
+    keras.utils.set_random_seed(seed)
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 def _loss(config: TrainConfig):

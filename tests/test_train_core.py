@@ -259,6 +259,30 @@ def test_learning_rate_and_optimizer_override_the_preset():
             training_config("cpu", None, None, None, rate)
 
 
+def test_initial_weights_do_not_depend_on_other_threads_drawing_random_numbers(tmp_path, monkeypatch):
+    """Keras seeds its weight initializers from Python's global ``random`` at its first draw; the
+    orchestrator's threads use that generator too. A draw between seeding and building the network
+    (as a Prefect thread may make under load) must not change the training: seen once as a killed
+    and resumed pipeline that trained other weights than the clean run, from its first epoch."""
+    import random
+
+    import emotion_core.train as train_module
+
+    packed = packed_stripes(64, 32)
+    config = TrainConfig(epochs=1, batch_size=32, patience=None)
+    quiet = train(packed, config, tmp_path / "quiet").model.get_weights()
+    build = train_module.training_model
+
+    def build_after_another_threads_draw(*args, **kwargs):
+        random.random()  # what another thread of the process may do at this instant
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "training_model", build_after_another_threads_draw)
+    raced = train(packed, config, tmp_path / "raced").model.get_weights()
+    for a, b in zip(quiet, raced, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_interrupted_training_resumes_from_its_last_epoch(tmp_path):
     import keras
 
