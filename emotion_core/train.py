@@ -277,7 +277,10 @@ def keras_seeds_of_its_own(seed: int):
     from keras.src.random import seed_generator  # make_default_seed() draws from its python_random
 
     keras.utils.set_random_seed(seed)
-    shared = seed_generator.python_random
+    shared = getattr(seed_generator, "python_random", None)
+    if shared is not random:  # a Keras that seeds otherwise: seeded as above (a test tells the difference)
+        yield
+        return
     seed_generator.python_random = random.Random(seed)
     try:
         yield
