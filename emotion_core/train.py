@@ -117,7 +117,7 @@ PRESETS: dict[str, TrainConfig] = {
 PRESET_BUDGETS: dict[str, str] = {
     "cpu": "up to 100 epochs of vgg_mid on 40 px crops, bfloat16, within 60 min for the whole command: "
     "FER2013 end to end in 49-58 min on 2 cores of an Intel Xeon with AMX-BF16; fewer epochs where they "
-    "do not fit (~73 on an AMD EPYC with AVX512-BF16 at 46 s an epoch, ~37 on one without bfloat16)",
+    "do not fit (~73 estimated on an AMD EPYC with AVX512-BF16 at 46 s an epoch, ~37 on one without bfloat16)",
     "cpu-long": "up to 300 epochs of vgg_wide within 240 min: ~3.1 h for FER2013 on 2 cores with bfloat16, "
     "from its measured epoch cost (37 s)",
     "gpu": "300 epochs of vgg_wide, batch 128: not yet measured on a GPU",
@@ -266,8 +266,8 @@ def keras_seeds_of_its_own(seed: int):
 
     Every Keras initializer and dropout layer takes its seed, when it is made, from Python's global
     ``random``, which the orchestrator's threads use too: one draw of theirs while the network is
-    built changes its initial weights (seen once in a twenty-kill run under load: the resumed
-    pipeline trained other weights than the clean run from its first epoch). Inside this block
+    built changes its initial weights (the likely cause of a twenty-kill run under load whose resumed
+    pipeline trained other weights than its clean run from the first epoch on). Inside this block
     Keras draws from ``random.Random(seed)``, the sequence the seeded global generator gives when
     nothing else draws from it, so every training keeps the weights it had before.
     """

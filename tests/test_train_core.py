@@ -260,10 +260,10 @@ def test_learning_rate_and_optimizer_override_the_preset():
 
 
 def test_initial_weights_do_not_depend_on_other_threads_drawing_random_numbers(tmp_path, monkeypatch):
-    """Keras seeds its weight initializers from Python's global ``random`` at its first draw; the
+    """Every Keras initializer takes its seed from Python's global ``random`` when it is made; the
     orchestrator's threads use that generator too. A draw between seeding and building the network
-    (as a Prefect thread may make under load) must not change the training: seen once as a killed
-    and resumed pipeline that trained other weights than the clean run, from its first epoch."""
+    (as a Prefect thread may make under load) must not change the training (the likely cause of a
+    killed and resumed pipeline that once trained other weights than its clean run from epoch 1)."""
     import random
 
     import emotion_core.train as train_module
