@@ -90,6 +90,9 @@ def test_model_registry():
     assert kernels == [(3, 3), (5, 5), (3, 3), (3, 3)]
     assert build_model("vgg_small", 48, 7).count_params() < seed.count_params() / 5
     assert build_model("vgg_lite", 48, 7).count_params() < seed.count_params() / 5
+    mid, mid320 = build_model("vgg_mid", None, 7), build_model("vgg_mid320", None, 7)
+    widths = [[layer.filters for layer in m.layers if layer.__class__.__name__ == "Conv2D"] for m in (mid, mid320)]
+    assert widths == [[24, 64, 128, 128, 256, 256], [24, 64, 128, 128, 320, 320]]  # only the last stage wider
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet9000", 48, 7)
 
