@@ -14,7 +14,6 @@ instead of starting its own. Pure standard library: nothing here imports Prefect
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import json
 import os
@@ -33,7 +32,6 @@ from emotion_core.servers import pid_alive
 RECORD_NAME = "embedded-api.json"
 LOG_NAME = "embedded-api.log"
 APP = "prefect.server.api.server:create_app"
-_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedApiError(RuntimeError):
@@ -56,22 +54,6 @@ class EmbeddedApi:
                 self.process.kill()
                 self.process.wait()
         _remove_record(self.record, self.process.pid)
-
-
-def die_with_parent(sig: int = signal.SIGKILL):
-    """A ``preexec_fn`` that makes the child receive ``sig`` when the process that started it dies
-    (Linux ``PR_SET_PDEATHSIG``; a no-op elsewhere). Also exits at once if that process is already gone."""
-    parent = os.getpid()
-
-    def preexec() -> None:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
 
 
 def _free_port() -> int:
@@ -134,7 +116,19 @@ def start(home: Path, timeout: float | None = None) -> EmbeddedApi:
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     env.pop("PREFECT_API_URL", None)
     log = open(home / LOG_NAME, "ab")  # noqa: SIM115 - the child keeps writing to it
-    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent), "--factory", APP]
+    # started through flows.child_of rather than with a preexec_fn, so that no Python code (at-fork
+    # callbacks) runs in this process around the fork, where a Ctrl-C handler's exception is lost
+    command = [
+        sys.executable,
+        "-m",
+        "flows.child_of",
+        str(os.getpid()),
+        "uvicorn",
+        "--app-dir",
+        str(Path(spec.origin).parent.parent),
+        "--factory",
+        APP,
+    ]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
     process = subprocess.Popen(
         command,
@@ -143,7 +137,6 @@ def start(home: Path, timeout: float | None = None) -> EmbeddedApi:
         stdout=log,
         stderr=log,
         start_new_session=True,
-        preexec_fn=die_with_parent(),  # noqa: PLW1509 - the command is still single-threaded here
     )
     log.close()
     record = home / RECORD_NAME

@@ -225,6 +225,35 @@ def test_a_server_left_by_a_crash_is_stopped_by_the_next_run(tmp_path):
     assert stop_leftover(home) is None and alive(os.getpid())  # a pid that is not the API is never signalled
 
 
+_START_API_AND_WAIT = """
+import json, os, sys, time
+from pathlib import Path
+from flows.embedded_api import start
+calls = []
+os.register_at_fork(before=lambda: calls.append("before"), after_in_parent=lambda: calls.append("parent"))
+api = start(Path(sys.argv[1]))
+print(json.dumps({"at_fork_calls": calls, "api": api.process.pid}), flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_api_starts_without_python_code_around_the_fork_and_dies_with_the_command(tmp_path):
+    """A Ctrl-C handled in an at-fork callback is lost (and once left logging's lock held, so the
+    command hung): the API is spawned without any, and still dies when its command is killed."""
+    cmd = [sys.executable, "-c", _START_API_AND_WAIT, str(tmp_path / "prefect")]
+    proc = subprocess.Popen(cmd, env=clean_env(), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        started = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert started["at_fork_calls"] == []
+    deadline = time.monotonic() + CHILDREN_GONE_S
+    while alive(started["api"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(started["api"]), "the API outlived its command"
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_realtime_keeps_the_video_and_events_valid(yale, tmp_path):
     from tests.test_realtime import register_model, two_face_video
