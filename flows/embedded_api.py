@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from emotion_core import stopping
 from emotion_core.servers import pid_alive
 
 RECORD_NAME = "embedded-api.json"
@@ -116,19 +117,10 @@ def start(home: Path, timeout: float | None = None) -> EmbeddedApi:
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     env.pop("PREFECT_API_URL", None)
     log = open(home / LOG_NAME, "ab")  # noqa: SIM115 - the child keeps writing to it
-    # started through flows.child_of rather than with a preexec_fn, so that no Python code (at-fork
-    # callbacks) runs in this process around the fork, where a Ctrl-C handler's exception is lost
-    command = [
-        sys.executable,
-        "-m",
-        "flows.child_of",
-        str(os.getpid()),
-        "uvicorn",
-        "--app-dir",
-        str(Path(spec.origin).parent.parent),
-        "--factory",
-        APP,
-    ]
+    # flows.child_of sets PR_SET_PDEATHSIG in the child: a preexec_fn would run Python's at-fork
+    # callbacks here, where a Ctrl-C handler's exception is lost (see that module)
+    child_of = [sys.executable, "-m", "flows.child_of", str(os.getpid())]
+    command = [*child_of, "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent), "--factory", APP]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
     process = subprocess.Popen(
         command,
@@ -144,23 +136,31 @@ def start(home: Path, timeout: float | None = None) -> EmbeddedApi:
     api = EmbeddedApi(process, f"http://127.0.0.1:{port}/api", record)
     atexit.register(api.stop)
     limit = timeout or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+    try:
+        _wait_until_healthy(api, limit)
+    except BaseException:  # not answering, or stopped while starting (Ctrl-C, SIGTERM)
+        api.stop()
+        raise
+    os.environ["PREFECT_API_URL"] = api.url
+    return api
+
+
+def _wait_until_healthy(api: EmbeddedApi, limit: float) -> None:
     deadline = time.monotonic() + limit
     while True:
+        stopping.raise_if_requested()  # also a Ctrl-C whose exception a library swallowed
         try:
             with urllib.request.urlopen(f"{api.url}/health", timeout=2) as reply:
                 if reply.status == 200:
-                    break
+                    return
         except (urllib.error.URLError, OSError):
             pass
-        if process.poll() is not None:
-            tail = (home / LOG_NAME).read_text(errors="replace")[-500:]
-            raise EmbeddedApiError(f"the embedded Prefect API exited with code {process.returncode}: {tail}")
+        if api.process.poll() is not None:
+            tail = (api.record.parent / LOG_NAME).read_text(errors="replace")[-500:]
+            raise EmbeddedApiError(f"the embedded Prefect API exited with code {api.process.returncode}: {tail}")
         if time.monotonic() > deadline:
-            api.stop()
             raise EmbeddedApiError(f"the embedded Prefect API did not answer within {limit:.0f} s")
         time.sleep(0.1)
-    os.environ["PREFECT_API_URL"] = api.url
-    return api
 
 
 def descendants(pid: int | None = None) -> list[int]:

@@ -254,6 +254,23 @@ def test_the_api_starts_without_python_code_around_the_fork_and_dies_with_the_co
     assert not alive(started["api"]), "the API outlived its command"
 
 
+def test_a_stop_request_while_the_api_starts_stops_it(tmp_path):
+    """A Ctrl-C whose exception was lost (the request stands): starting the API raises Stopped
+    instead of waiting for it, and leaves neither the server nor its record."""
+    from emotion_core import stopping
+    from flows.embedded_api import _is_embedded_api, start
+
+    before = {p for p in descendants() if _is_embedded_api(p)}
+    stopping.request(signal.SIGINT)
+    try:
+        with pytest.raises(stopping.Stopped):
+            start(tmp_path / "prefect")
+    finally:
+        stopping.reset()
+    assert {p for p in descendants() if _is_embedded_api(p) and alive(p)} <= before
+    assert not (tmp_path / "prefect" / RECORD_NAME).exists()
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_realtime_keeps_the_video_and_events_valid(yale, tmp_path):
     from tests.test_realtime import register_model, two_face_video
