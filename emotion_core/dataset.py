@@ -132,6 +132,8 @@ def make_train_dataset(
     epochs: int,
     crop: int | None = None,
     erase: float = 0.0,
+    mixup: float = 0.0,
+    n_classes: int | None = None,
 ):
     """Training batches for epochs ``first_epoch .. epochs-1``; returns ``(dataset, steps_per_epoch)``.
 
@@ -139,11 +141,15 @@ def make_train_dataset(
     alone, never of a random state that lives in the process, so a training resumed at epoch
     ``k`` in a new process sees exactly the batches an uninterrupted one would have. With
     ``crop`` each face is a ``crop`` x ``crop`` window of the augmented face, and with ``erase`` a
-    share of the faces has a random rectangle replaced by noise (see :func:`augment_faces`).
+    share of the faces has a random rectangle replaced by noise (see :func:`augment_faces`). With
+    ``mixup`` (the Beta distribution's alpha) each batch is blended with a shuffled copy of itself
+    (:func:`mix_batch`) and its labels are float32 (batch, ``n_classes``) targets.
     """
     import tensorflow as tf
 
     _require_uint8(x)
+    if mixup and not n_classes:
+        raise ValueError("mixup needs n_classes, the width of its blended targets")
     steps = epoch_order(len(x), batch_size, seed, first_epoch).shape[0] if epochs > first_epoch else 0
     order = functools.lru_cache(maxsize=2)(lambda epoch: epoch_order(len(x), batch_size, seed, epoch))
 
@@ -151,11 +157,29 @@ def make_train_dataset(
         epoch, step = divmod(int(i), steps)
         epoch += first_epoch
         idx = order(epoch)[step]
-        faces = augment_faces(x[idx], np.random.default_rng([seed, epoch, step]), crop=crop, erase=erase)
+        rng = np.random.default_rng([seed, epoch, step])
+        faces = augment_faces(x[idx], rng, crop=crop, erase=erase)
+        if mixup:  # its draws come after the augmentation's: mixup=0 leaves the batches as they were
+            return mix_batch(faces, y[idx], n_classes, mixup, rng)
         return faces, y[idx].astype(np.int32)
 
     shape = (crop, crop) if crop else x.shape[1:]
-    return _batches(tf.data.Dataset.range(steps * max(0, epochs - first_epoch)), batch, shape), steps
+    indices = tf.data.Dataset.range(steps * max(0, epochs - first_epoch))
+    return _batches(indices, batch, shape, n_classes if mixup else None), steps
+
+
+def mix_batch(
+    faces: np.ndarray, labels: np.ndarray, n_classes: int, alpha: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup (Zhang et al. 2018) of a (B, H, W) uint8 batch: one weight ``lam`` drawn from
+    Beta(alpha, alpha) blends every face with another face of the batch (a random permutation), and
+    the one-hot labels alike; returns the blended faces (uint8, rounded) and (B, ``n_classes``)
+    float32 targets. A regulariser against label noise, which FER2013 has plenty of."""
+    lam = float(rng.beta(alpha, alpha))
+    other = rng.permutation(len(faces))
+    mixed = np.rint(lam * faces + (1.0 - lam) * faces[other]).astype(np.uint8)
+    eye = np.eye(n_classes, dtype=np.float32)
+    return mixed, (lam * eye[labels] + (1.0 - lam) * eye[labels[other]]).astype(np.float32)
 
 
 def _require_uint8(x: np.ndarray) -> None:
@@ -163,15 +187,18 @@ def _require_uint8(x: np.ndarray) -> None:
         raise TypeError(f"packed faces must be a (N, H, W) uint8 array, got {x.dtype} {x.shape}")
 
 
-def _batches(indices, make_batch, face_shape: tuple[int, ...]):
+def _batches(indices, make_batch, face_shape: tuple[int, ...], target_width: int | None = None):
     """Map batch numbers to ``(faces, labels)`` batches built by ``make_batch`` in numpy (OpenCV
-    releases the GIL, so batches are built in parallel while the model trains), in order."""
+    releases the GIL, so batches are built in parallel while the model trains), in order. Labels
+    are int32 class numbers, or float32 (batch, ``target_width``) targets when that is given."""
     import tensorflow as tf
 
+    label_type, label_shape = (tf.float32, (None, target_width)) if target_width else (tf.int32, (None,))
+
     def as_tensors(i):
-        faces, labels = tf.numpy_function(make_batch, [i], (tf.uint8, tf.int32), stateful=False)
+        faces, labels = tf.numpy_function(make_batch, [i], (tf.uint8, label_type), stateful=False)
         faces.set_shape((None, *face_shape))
-        labels.set_shape((None,))
+        labels.set_shape(label_shape)
         return tf.cast(faces, tf.float32)[..., tf.newaxis], labels
 
     ds = indices.map(as_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

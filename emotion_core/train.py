@@ -56,6 +56,7 @@ class TrainConfig:
     budget_minutes: float | None = None  # fewer epochs where ``epochs`` would not end within it (emotion_core.budget)
     erase: float = 0.0  # share of training faces with a random rectangle replaced by noise (random erasing)
     optimizer: str = "adam"  # "adam", or "sgd": SGD with Nesterov momentum 0.9
+    mixup: float = 0.0  # alpha of mixup's Beta distribution (0: off): batches blended with themselves shuffled
 
     def resolved(self) -> TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
@@ -76,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"budget_minutes must be positive, got {resolved.budget_minutes}")
         if resolved.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose one of {OPTIMIZERS}")
+        if not resolved.mixup >= 0.0:
+            raise ValueError(f"mixup must be a Beta alpha >= 0 (0: off), got {resolved.mixup}")
         if not 0.0 <= resolved.erase <= 1.0:
             raise ValueError(f"erase must be a share between 0 and 1, got {resolved.erase}")
         if resolved.crop is not None and not 8 <= resolved.crop <= resolved.input_size:
@@ -92,7 +95,7 @@ class TrainConfig:
 
 
 #: Fields added after trainings were keyed without them: left out of the key at these defaults.
-KEY_STABLE_DEFAULTS = {"weight_decay": 0.0, "budget_minutes": None, "erase": 0.0, "optimizer": "adam"}
+KEY_STABLE_DEFAULTS = {"weight_decay": 0.0, "budget_minutes": None, "erase": 0.0, "optimizer": "adam", "mixup": 0.0}
 
 CPU_EPOCHS = 100
 
@@ -238,19 +241,21 @@ def train(
         epochs=config.epochs,
         crop=config.crop,
         erase=config.erase,
+        mixup=config.mixup,
+        n_classes=n_classes,
     )
     validation = make_tf_dataset(x_val, y_val, 256, training=False) if has_val else None
-    if config.label_smoothing:  # the categorical loss takes one-hot targets
-        dataset, validation = (_one_hot(d, n_classes) if d is not None else None for d in (dataset, validation))
+    weights = class_weights(y_train, n_classes, config.class_weight_power) if config.class_weight_power else None
+    if _categorical(config):  # the categorical loss takes one-hot targets (mixup's are blended already)
+        validation = _one_hot(validation, n_classes) if validation is not None else None
+        dataset = _weighted_targets(dataset, weights) if config.mixup else _one_hot(dataset, n_classes)
     model.fit(
         dataset,
         validation_data=validation,
         initial_epoch=start,
         epochs=config.epochs,
         steps_per_epoch=steps,
-        class_weight=class_weights(y_train, n_classes, config.class_weight_power)
-        if config.class_weight_power
-        else None,
+        class_weight=None if config.mixup else weights,
         callbacks=[keras.callbacks.CSVLogger(str(history_csv), append=True), early, rate, planner, checkpoint]
         + list(callbacks or []),
         shuffle=False,  # the dataset is already in its (seed, epoch) order
@@ -288,12 +293,30 @@ def keras_seeds_of_its_own(seed: int):
         seed_generator.python_random = shared
 
 
+def _categorical(config: TrainConfig) -> bool:
+    """Whether the loss takes (one-hot or blended) targets rather than class numbers."""
+    return bool(config.label_smoothing or config.mixup)
+
+
 def _loss(config: TrainConfig):
     import keras
 
-    if config.label_smoothing:  # the categorical loss takes one-hot targets
+    if _categorical(config):
         return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     return "sparse_categorical_crossentropy"
+
+
+def _weighted_targets(dataset, weights: dict[int, float] | None):
+    """Blended targets with the blend of their classes' weights as sample weights (Keras's
+    ``class_weight`` would weigh a blend by its larger share's class alone)."""
+    import tensorflow as tf
+
+    if not weights:
+        return dataset
+    table = tf.constant([weights[i] for i in range(len(weights))], tf.float32)
+    return dataset.map(
+        lambda x, y: (x, y, tf.linalg.matvec(y, table)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
 
 
 def training_model(config: TrainConfig, n_classes: int):

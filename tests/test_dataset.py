@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotion_core.dataset import augment_faces, epoch_order, erase_rectangles, make_tf_dataset, make_train_dataset
+from emotion_core.dataset import (
+    augment_faces,
+    epoch_order,
+    erase_rectangles,
+    make_tf_dataset,
+    make_train_dataset,
+    mix_batch,
+)
 
 
 def dot_faces(n: int, x: int, y: int) -> np.ndarray:
@@ -80,6 +87,44 @@ def test_erasing_off_keeps_the_batches_it_gave_before_and_on_changes_only_pixels
     differs = (erased != plain).any(axis=(1, 2))
     assert differs.all()  # every face got a rectangle, on the same warp
     assert (erased == plain).mean() > 0.75
+
+
+def test_mixup_blends_each_face_and_its_label_with_another_of_the_batch_by_one_weight():
+    faces = np.random.default_rng(0).integers(0, 256, (64, 40, 40), dtype=np.uint8)
+    labels = np.arange(64, dtype=np.int32) % 3
+    mixed, targets = mix_batch(faces, labels, 3, 0.4, np.random.default_rng(9))
+    assert mixed.dtype == np.uint8 and mixed.shape == faces.shape
+    assert targets.dtype == np.float32 and targets.shape == (64, 3)
+    assert np.allclose(targets.sum(1), 1.0)
+    # recover the weight and the partner of each face: the blend of the pixels and of the labels agree
+    rng = np.random.default_rng(9)
+    lam, other = rng.beta(0.4, 0.4), rng.permutation(64)
+    assert 0.0 < lam < 1.0
+    expected = lam * faces.astype(float) + (1 - lam) * faces[other].astype(float)
+    assert np.abs(mixed - expected).max() <= 0.5 + 1e-9  # rounded to uint8, nothing else
+    one_hot = np.eye(3)
+    assert np.allclose(targets, lam * one_hot[labels] + (1 - lam) * one_hot[labels[other]], atol=1e-6)
+    assert (other != np.arange(64)).sum() > 50  # faces are blended with others, not with themselves
+
+
+def test_mixup_batches_are_repeatable_and_off_leaves_them_as_before():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 48, 48), dtype=np.uint8), rng.integers(0, 3, 64).astype(np.int32)
+
+    def batches(**mix):
+        dataset, _ = make_train_dataset(x, y, 16, seed=1, first_epoch=0, epochs=2, crop=40, **mix)
+        return list(dataset.as_numpy_iterator())
+
+    plain, mixed = batches(), batches(mixup=0.2, n_classes=3)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(plain, batches(mixup=0.0, n_classes=3), strict=True))
+    again = batches(mixup=0.2, n_classes=3)
+    for (faces, targets), (faces2, targets2), (plain_faces, plain_labels) in zip(mixed, again, plain, strict=True):
+        assert targets.shape == (16, 3) and targets.dtype == np.float32 and np.allclose(targets.sum(1), 1)
+        assert np.array_equal(faces, faces2) and np.array_equal(targets, targets2)
+        assert not np.array_equal(faces, plain_faces)  # blended from the same augmented batch
+        assert np.all(targets[np.arange(16), plain_labels] > 0)  # each face keeps a share of its own label
+    with pytest.raises(ValueError, match="n_classes"):
+        make_train_dataset(x, y, 16, seed=1, first_epoch=0, epochs=1, mixup=0.2)
 
 
 def test_flip_mirrors_about_half_the_faces():

@@ -162,6 +162,31 @@ def test_sgd_with_nesterov_momentum_trains(tmp_path):
     assert float((predict_probs(outcome.model, x_val).argmax(1) == y_val).mean()) > 0.8, outcome.history
 
 
+def test_mixup_trains_on_blended_targets_weighted_by_their_classes(tmp_path):
+    """``mixup``: the network learns from blended faces and targets, each weighted by the blend of
+    its two classes' weights (Keras's ``class_weight`` would take the larger share's alone)."""
+    import tensorflow as tf
+
+    from emotion_core.train import _weighted_targets
+
+    targets = tf.data.Dataset.from_tensors((tf.zeros((2, 1)), tf.constant([[0.7, 0.3], [0.0, 1.0]])))
+    ((_, _, weights),) = list(_weighted_targets(targets, {0: 1.0, 1: 3.0}).as_numpy_iterator())
+    assert np.allclose(weights, [0.7 * 1.0 + 0.3 * 3.0, 3.0])
+
+    config = TrainConfig(epochs=4, batch_size=32, patience=None, label_smoothing=0.1, crop=40, mixup=0.2)
+    packed = packed_stripes()
+    outcome = train(packed, config, tmp_path / "work")
+    x_val, y_val = packed.part("val")
+    assert float((predict_probs(outcome.model, x_val).argmax(1) == y_val).mean()) > 0.8, outcome.history
+    plain = train(packed, replace(config, mixup=0.0), tmp_path / "plain")  # the same training on unblended batches
+    assert outcome.history["loss"][-1] > plain.history["loss"][-1] + 0.05  # blended targets cannot be fit as well
+    with pytest.raises(ValueError, match="mixup"):
+        TrainConfig(mixup=-0.1).resolved()
+    # mixup came later: trainings keyed without it keep their work folders
+    assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, mixup=0.0).key("k")
+    assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, mixup=0.2).key("k")
+
+
 def test_crop_trained_bfloat16_model_infers_on_whole_faces_in_float32(tmp_path):
     """The presets' recipe trains on 40 px crops in bfloat16; the model it keeps takes whole 48 px
     faces in float32, averages each face with its mirror image, and scores them as training's
