@@ -174,7 +174,8 @@ def mix_batch(
     """Mixup (Zhang et al. 2018) of a (B, H, W) uint8 batch: one weight ``lam`` drawn from
     Beta(alpha, alpha) blends every face with another face of the batch (a random permutation), and
     the one-hot labels alike; returns the blended faces (uint8, rounded) and (B, ``n_classes``)
-    float32 targets. A regulariser against label noise, which FER2013 has plenty of."""
+    float32 targets. A regulariser against label noise; off in every preset (README run J: 1.7
+    points lower on FER2013's public_test at 71 epochs)."""
     lam = float(rng.beta(alpha, alpha))
     other = rng.permutation(len(faces))
     mixed = np.rint(lam * faces + (1.0 - lam) * faces[other]).astype(np.uint8)
