@@ -134,6 +134,7 @@ def make_train_dataset(
     erase: float = 0.0,
     mixup: float = 0.0,
     n_classes: int | None = None,
+    augment: float = 1.0,
 ):
     """Training batches for epochs ``first_epoch .. epochs-1``; returns ``(dataset, steps_per_epoch)``.
 
@@ -143,7 +144,9 @@ def make_train_dataset(
     ``crop`` each face is a ``crop`` x ``crop`` window of the augmented face, and with ``erase`` a
     share of the faces has a random rectangle replaced by noise (see :func:`augment_faces`). With
     ``mixup`` (the Beta distribution's alpha) each batch is blended with a shuffled copy of itself
-    (:func:`mix_batch`) and its labels are float32 (batch, ``n_classes``) targets.
+    (:func:`mix_batch`) and its labels are float32 (batch, ``n_classes``) targets. ``augment``
+    scales the ranges of the shift, rotation and zoom (:func:`augment_faces`' defaults at 1, flips
+    only at 0); it scales the same draws, so each face moves the same way, further or less far.
     """
     import tensorflow as tf
 
@@ -158,7 +161,7 @@ def make_train_dataset(
         epoch += first_epoch
         idx = order(epoch)[step]
         rng = np.random.default_rng([seed, epoch, step])
-        faces = augment_faces(x[idx], rng, crop=crop, erase=erase)
+        faces = augment_faces(x[idx], rng, crop=crop, erase=erase, **warp_ranges(augment))
         if mixup:  # its draws come after the augmentation's: mixup=0 leaves the batches as they were
             return mix_batch(faces, y[idx], n_classes, mixup, rng)
         return faces, y[idx].astype(np.int32)
@@ -166,6 +169,15 @@ def make_train_dataset(
     shape = (crop, crop) if crop else x.shape[1:]
     indices = tf.data.Dataset.range(steps * max(0, epochs - first_epoch))
     return _batches(indices, batch, shape, n_classes if mixup else None), steps
+
+
+#: The ranges of :func:`augment_faces`' warp at augmentation strength 1.
+WARP_RANGES = {"shift": 0.1, "rotate": 0.05, "zoom": 0.1}
+
+
+def warp_ranges(strength: float) -> dict[str, float]:
+    """:data:`WARP_RANGES` scaled by ``strength`` (0: no shift, rotation or zoom)."""
+    return {name: value * strength for name, value in WARP_RANGES.items()}
 
 
 def mix_batch(

@@ -57,6 +57,7 @@ class TrainConfig:
     erase: float = 0.0  # share of training faces with a random rectangle replaced by noise (random erasing)
     optimizer: str = "adam"  # "adam", or "sgd": SGD with Nesterov momentum 0.9
     mixup: float = 0.0  # alpha of mixup's Beta distribution (0: off): batches blended with themselves shuffled
+    augment: float = 1.0  # scale of the training warp's ranges (1: shift 10%, rotate 18 deg, zoom 10%; 0: flips only)
 
     def resolved(self) -> TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
@@ -79,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose one of {OPTIMIZERS}")
         if not resolved.mixup >= 0.0:
             raise ValueError(f"mixup must be a Beta alpha >= 0 (0: off), got {resolved.mixup}")
+        if not 0.0 <= resolved.augment <= 2.0:
+            raise ValueError(f"augment must scale the warp's ranges by 0 to 2, got {resolved.augment}")
         if not 0.0 <= resolved.erase <= 1.0:
             raise ValueError(f"erase must be a share between 0 and 1, got {resolved.erase}")
         if resolved.crop is not None and not 8 <= resolved.crop <= resolved.input_size:
@@ -95,7 +98,14 @@ class TrainConfig:
 
 
 #: Fields added after trainings were keyed without them: left out of the key at these defaults.
-KEY_STABLE_DEFAULTS = {"weight_decay": 0.0, "budget_minutes": None, "erase": 0.0, "optimizer": "adam", "mixup": 0.0}
+KEY_STABLE_DEFAULTS = {
+    "weight_decay": 0.0,
+    "budget_minutes": None,
+    "erase": 0.0,
+    "optimizer": "adam",
+    "mixup": 0.0,
+    "augment": 1.0,
+}
 
 CPU_EPOCHS = 100
 
@@ -243,6 +253,7 @@ def train(
         erase=config.erase,
         mixup=config.mixup,
         n_classes=n_classes,
+        augment=config.augment,
     )
     validation = make_tf_dataset(x_val, y_val, 256, training=False) if has_val else None
     weights = class_weights(y_train, n_classes, config.class_weight_power) if config.class_weight_power else None

@@ -126,6 +126,23 @@ def test_mixup_batches_are_repeatable_and_off_leaves_them_as_before():
         make_train_dataset(x, y, 16, seed=1, first_epoch=0, epochs=1, mixup=0.2)
 
 
+def test_augmentation_strength_scales_how_far_faces_move_and_zero_leaves_flips_only():
+    faces = dot_faces(200, 24, 24)
+    y = np.zeros(200, np.int32)
+
+    def augmented(**strength):
+        dataset, _ = make_train_dataset(faces, y, 50, seed=3, first_epoch=0, epochs=1, **strength)
+        return np.concatenate([batch for batch, _ in dataset.as_numpy_iterator()])[..., 0].astype(np.uint8)
+
+    none = augmented(augment=0.0)
+    assert all(np.array_equal(o, faces[0]) or np.array_equal(o, faces[0][:, ::-1]) for o in none)  # flips only
+    full, half = augmented(augment=1.0), augmented(augment=0.5)
+    full_moves, half_moves = (np.abs(centroids(f) - centroids(faces[:1])).max(axis=1) for f in (full, half))
+    assert full_moves.max() > 0.07 * 48 and half_moves.max() <= 0.5 * 0.1 * 48 + 1.5
+    assert 0.4 < np.median(half_moves) / np.median(full_moves) < 0.65  # the same draws, half as far
+    assert np.array_equal(augmented(), full)  # strength 1 is the default
+
+
 def test_flip_mirrors_about_half_the_faces():
     faces = np.random.default_rng(0).integers(0, 256, (400, 48, 48), dtype=np.uint8)
     out = augment_faces(faces, np.random.default_rng(2), shift=0, rotate=0, zoom=0)

@@ -266,6 +266,11 @@ def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
     # random erasing came later: trainings keyed without it keep their work folders
     assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, erase=0.0).key("k")
     assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, erase=0.5).key("k")
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment=-0.5).resolved()
+    # the augmentation strength came later: trainings keyed without it keep their work folders
+    assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, augment=1.0).key("k")
+    assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, augment=0.5).key("k")
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="rmsprop").resolved()
     assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, optimizer="adam").key("k")
