@@ -133,20 +133,20 @@ def test_signals_at_random_moments_stop_in_seconds_and_leave_nothing(source_and_
     source, clean = source_and_clean
     rng = random.Random(20261201)
     sent = []
-    # kill -9 at the data stages: its outputs are checked by tests/test_faults.py's twenty kills, the
-    # processes it leaves (none) by test_worker_processes_stop_with_the_command and the API's own test
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        data = tmp_path / signal.Signals(sig).name
-        for moment in ("startup", "compress", "crop"):
-            log = tmp_path / f"{data.name}-{moment}.log"
-            result = signal_once(split_cmd(source, data), data, moment, sig, rng, log)
-            if result is None:
-                continue  # finished before the moment came; the next moment still checks this signal
-            check_stop(result, sig, log, DATA_STAGE_LIMIT_S)
-            sent.append((sig, moment))
-        rerun = subprocess.run(split_cmd(source, data), env=clean_env(), cwd=ROOT, capture_output=True, text=True)
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
-        assert_same_outputs(data, clean)
+    # Data stages: each moment once, the two signals in turn (one handler serves both: flows/entry.py),
+    # on one chain of runs. kill -9 there: its outputs are checked by tests/test_faults.py's twenty kills,
+    # the processes it leaves (none) by test_worker_processes_stop_with_the_command and the API's own test
+    data = tmp_path / "data-stages"
+    for sig, moment in ((signal.SIGTERM, "startup"), (signal.SIGINT, "compress"), (signal.SIGTERM, "crop")):
+        log = tmp_path / f"{signal.Signals(sig).name}-{moment}.log"
+        result = signal_once(split_cmd(source, data), data, moment, sig, rng, log)
+        if result is None:
+            continue  # finished before the moment came
+        check_stop(result, sig, log, DATA_STAGE_LIMIT_S)
+        sent.append((sig, moment))
+    rerun = subprocess.run(split_cmd(source, data), env=clean_env(), cwd=ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_outputs(data, clean)
 
     # Training: each signal mid-epoch; finished epochs are kept, and the last run completes the training.
     data = tmp_path / "training"
@@ -166,7 +166,7 @@ def test_signals_at_random_moments_stop_in_seconds_and_leave_nothing(source_and_
     record = json.loads(next((data / "training").glob("*/registered.json")).read_text())
     assert record["epochs_run"] == TRAIN_EPOCHS
     print(f"\nsignals sent: {[(signal.Signals(s).name, m) for s, m in sent]}")
-    assert len(sent) >= 9, sent
+    assert len(sent) >= 5 and {s for s, _ in sent} >= {signal.SIGINT, signal.SIGTERM, signal.SIGKILL}, sent
 
 
 @pytest.mark.slow
