@@ -30,6 +30,8 @@ from pathlib import Path
 
 from emotion_core.servers import pid_alive, read_state, running_url, server_dir
 
+from .embedded_api import seed_home, template_dir
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000}
 SERVER_NAMES = ("prefect", "mlflow")
@@ -91,6 +93,7 @@ def _command(name: str, data_dir: Path, host: str, port: int) -> tuple[list[str]
         home.mkdir(parents=True, exist_ok=True)
         env["PREFECT_HOME"] = str(home)
         env.pop("PREFECT_API_URL", None)  # the server itself must not point at another API
+        seed_home(home, template_dir())  # a new data dir's database: the template's, already migrated
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
         return cmd + ["--analytics-off"], env
     store = data_dir / "mlflow"
