@@ -11,7 +11,7 @@ points at it, so every worker (process pool, local Dask cluster) reports to this
 instead of starting its own. Pure standard library: nothing here imports Prefect.
 
 A new home starts from a template database: the first start in a fresh home migrates its database
-and registers Prefect's block types (~6 s of a ~10 s start on 2 cores); a copy of that database is
+and registers Prefect's block types (~8 s of a ~12.5 s start on 2 cores, bench.api_start); a copy of that database is
 then kept in the user's cache, one per Prefect version, and later fresh homes start from it, so
 Prefect's own start-up check finds the schema current and the blocks registered (the start then
 costs what a start in an existing home costs: mostly importing the server).
@@ -128,19 +128,32 @@ def template_dir() -> Path | None:
     return Path(root).expanduser() / "emotion-pipeline" / f"prefect-{version}"
 
 
+def _copy_atomically(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` through a temporary file in ``dest``'s folder, then rename."""
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def seed_home(home: Path, templates: Path | None) -> bool:
     """Give a home without a database a copy of the template database (and the record of its
     registered blocks); True if it got one. A home with a database, or no template: False."""
     if templates is None or (home / DB_NAME).exists() or not (templates / DB_NAME).is_file():
         return False
     try:
-        for name in (MEMO_NAME, DB_NAME):  # the database last: its presence says the seed is whole
-            if (templates / name).is_file() and not (home / name).exists():
-                partial = home / f".{name}.{os.getpid()}.tmp"
-                shutil.copyfile(templates / name, partial)
-                os.replace(partial, home / name)
+        _copy_atomically(templates / DB_NAME, home / DB_NAME)
     except OSError:
         return False
+    # After the database only: a record of registered blocks without them would skip registering
+    # them, while a database without the record only registers them again.
+    if (templates / MEMO_NAME).is_file() and not (home / MEMO_NAME).exists():
+        try:
+            _copy_atomically(templates / MEMO_NAME, home / MEMO_NAME)
+        except OSError:
+            pass
     return True
 
 
@@ -149,9 +162,9 @@ def save_template(home: Path, templates: Path | None) -> None:
     record of registered blocks, as the template for later fresh homes; best effort."""
     if templates is None or (templates / DB_NAME).is_file() or not (home / DB_NAME).is_file():
         return
+    partial = templates / f".{DB_NAME}.{os.getpid()}.tmp"
     try:
         templates.mkdir(parents=True, exist_ok=True)
-        partial = templates / f".{DB_NAME}.{os.getpid()}.tmp"
         source, target = sqlite3.connect(home / DB_NAME), sqlite3.connect(partial)
         try:
             source.backup(target)
@@ -159,11 +172,10 @@ def save_template(home: Path, templates: Path | None) -> None:
             source.close()
             target.close()
         if (home / MEMO_NAME).is_file():
-            shutil.copyfile(home / MEMO_NAME, templates / f".{MEMO_NAME}.{os.getpid()}.tmp")
-            os.replace(templates / f".{MEMO_NAME}.{os.getpid()}.tmp", templates / MEMO_NAME)
+            _copy_atomically(home / MEMO_NAME, templates / MEMO_NAME)
         os.replace(partial, templates / DB_NAME)  # last: the template is whole once its database is there
     except (OSError, sqlite3.Error):
-        pass
+        partial.unlink(missing_ok=True)
 
 
 def start(home: Path, timeout: float | None = None) -> EmbeddedApi:

@@ -80,3 +80,28 @@ def test_no_template_without_one_or_with_the_users_own_database(tmp_path, cache,
     assert not seed_home(home, None)
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://db/prefect")
     assert template_dir() is None
+
+
+def test_a_failed_seed_leaves_no_record_of_blocks_without_their_database(tmp_path, cache, monkeypatch):
+    """Prefect skips registering blocks its record says are registered: a seed that could not copy
+    the database must not leave that record behind, nor a partial file."""
+    import shutil
+
+    cache.mkdir(parents=True)
+    (cache / DB_NAME).write_bytes(b"template")
+    (cache / MEMO_NAME).write_text('block_auto_registration = "key"\n')
+    home = tmp_path / "home"
+    home.mkdir()
+    copy = shutil.copyfile
+
+    def failing_copy(source, dest, *args, **kwargs):
+        if str(source).endswith(DB_NAME):
+            raise OSError("disk full")
+        return copy(source, dest, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", failing_copy)
+    assert not seed_home(home, cache)
+    assert not list(home.iterdir())
+    monkeypatch.setattr(shutil, "copyfile", copy)
+    assert seed_home(home, cache)
+    assert (home / DB_NAME).read_bytes() == b"template" and (home / MEMO_NAME).is_file()
