@@ -97,6 +97,29 @@ def test_model_registry():
         build_model("resnet9000", 48, 7)
 
 
+def test_spatial_head_sees_the_centre_window_of_any_face_size():
+    """``vgg_mid_fc`` flattens its last map (no global pooling): it takes 40 px crops as they are and
+    whole faces by their centre 40 px, so a face's border does not change its output."""
+    from emotion_core.models.architectures import SPATIAL_WINDOW
+
+    net = build_model("vgg_mid_fc", None, 7)
+    assert any(layer.__class__.__name__ == "Flatten" for layer in net.layers)
+    assert not any("GlobalAveragePooling" in layer.__class__.__name__ for layer in net.layers)
+    faces = np.random.default_rng(0).uniform(0, 255, (3, 48, 48, 1)).astype("float32")
+    lo, hi = (48 - SPATIAL_WINDOW) // 2, (48 + SPATIAL_WINDOW) // 2
+    centre = faces[:, lo:hi, lo:hi]
+    assert np.allclose(net(faces), net(centre), atol=1e-6)
+    other_border = faces.copy()
+    other_border[:, :lo] = 0
+    other_border[:, :, hi:] = 255
+    assert np.allclose(net(other_border), net(faces), atol=1e-6)
+    shifted = faces[:, lo - 2 : hi - 2, lo:hi]  # the face two pixels higher: the head knows where things are
+    assert not np.allclose(net(shifted), net(centre), atol=1e-3)
+    fixed = build_model("vgg_mid_fc", 48, 7)
+    fixed.set_weights(net.get_weights())
+    assert np.allclose(fixed(faces), net(faces), atol=1e-6)
+
+
 def stripes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """An easy two-class task: horizontal vs vertical stripes with noise and random phase."""
     rng = np.random.default_rng(seed)
@@ -187,12 +210,15 @@ def test_mixup_trains_on_blended_targets_weighted_by_their_classes(tmp_path):
     assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, mixup=0.2).key("k")
 
 
-def test_crop_trained_bfloat16_model_infers_on_whole_faces_in_float32(tmp_path):
+@pytest.mark.parametrize("model", ["vgg_mid", "vgg_mid_fc"])
+def test_crop_trained_bfloat16_model_infers_on_whole_faces_in_float32(tmp_path, model):
     """The presets' recipe trains on 40 px crops in bfloat16; the model it keeps takes whole 48 px
     faces in float32, averages each face with its mirror image, and scores them as training's
-    validation (whole faces, bfloat16, no mirror) did."""
+    validation (whole faces, bfloat16, no mirror) did. Both heads: global pooling, and the spatial
+    head that sees the centre 40 px of a whole face."""
     packed = packed_stripes()
     config = TrainConfig(
+        model=model,
         epochs=4,
         batch_size=32,
         patience=None,
