@@ -141,6 +141,9 @@ def vgg_mid_fc(input_size: int | None, n_classes: int) -> keras.Model:
     inputs = keras.Input((input_size, input_size, 1), name="face")
     x = layers.CenterCrop(SPATIAL_WINDOW, SPATIAL_WINDOW, name="window")(inputs)
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)
+    # vgg_mid's stages, written out: sharing _vgg's loop would change its source, so the architecture
+    # fingerprint and training key of every VGG model (their finished trainings would retrain); a
+    # nested vgg_mid sub-model instead answered each plain call differently (its dropout stayed on).
     for filters, convs, drop in ((24, 1, 0.0), (64, 1, 0.1), (128, 2, 0.2), (256, 2, None)):
         for _ in range(convs):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
