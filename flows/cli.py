@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from emotion_core.models import BUILT_IN_MODELS
 from emotion_core.stopping import Stopped
 from emotion_core.train import PRESET_BUDGETS
 
 from . import environment
 
 PRESET_HELP = "; ".join(f"{name} ({budget})" for name, budget in PRESET_BUDGETS.items())
+MODEL_HELP = f"Architecture (default: the preset's): {', '.join(BUILT_IN_MODELS)}."
 BUDGET_HELP = (
     "Minutes the whole command may take: the first epoch is timed and the schedule cut to the epochs "
     "that fit (never more than the preset's or --epochs). Default: the preset's (cpu 60, cpu-long 240); "
@@ -223,9 +225,7 @@ def _pipeline_command(default_until: Stage, show_until: bool):
         task_runner: RunnerOpt = Runner.threads,
         workers: Workers = None,
         dask_address: DaskAddress = None,
-        model: Annotated[
-            str | None, typer.Option(help="Model to train (default: the preset's).", hidden=not show_until)
-        ] = None,
+        model: Annotated[str | None, typer.Option(help=MODEL_HELP, hidden=not show_until)] = None,
         preset: Annotated[str, typer.Option(help=f"Training preset: {PRESET_HELP}.", hidden=not show_until)] = "cpu",
         epochs: Annotated[
             int | None, typer.Option(min=1, help="Override the preset's epochs.", hidden=not show_until)
@@ -285,7 +285,7 @@ def train_command(
     data_dir: DataDir = Path(environment.DEFAULT_DATA_DIR),
     model: Annotated[
         str | None,
-        typer.Option(help="Architecture (default: the preset's): vgg_mid, vgg_wide, vgg_lite, vgg_small, seed_cnn."),
+        typer.Option(help=MODEL_HELP),
     ] = None,
     preset: Annotated[str, typer.Option(help=f"Training preset: {PRESET_HELP}.")] = "cpu",
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's epochs.")] = None,

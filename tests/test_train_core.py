@@ -82,6 +82,23 @@ def test_every_preset_states_its_budget_in_the_cli_help():
         assert f"{name} ({budget})" in text
 
 
+def test_cli_help_names_every_built_in_architecture():
+    """The CLI names the architectures without importing Keras: its list is the registry's."""
+    from typer.testing import CliRunner
+
+    from emotion_core.models import BUILT_IN_MODELS, MODELS
+    from flows.cli import app
+
+    model_names()  # imports the built-in architectures
+    built_in = {name for name, spec in MODELS.items() if spec.build.__module__.endswith(".architectures")}
+    assert set(BUILT_IN_MODELS) == built_in
+    for command in (["train", "--help"], ["pipeline", "--help"]):
+        result = CliRunner().invoke(app, command)
+        text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+        assert result.exit_code == 0
+        assert f"Architecture (default: the preset's): {', '.join(BUILT_IN_MODELS)}." in text
+
+
 def test_model_registry():
     assert {"seed_cnn", "vgg_small", "vgg_lite", "vgg_mid", "vgg_wide"} <= set(model_names())
     seed = build_model("seed_cnn", 48, 7)
