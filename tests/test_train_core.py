@@ -114,6 +114,32 @@ def test_model_registry():
         build_model("resnet9000", 48, 7)
 
 
+def test_residual_network_adds_each_blocks_input_and_takes_any_face_size():
+    """``res_mid``: a stride-2 stem, then residual blocks at 10x10 and 5x5 (on 40 px crops) whose
+    output is their input plus two convolutions; global pooling, so crops and whole faces alike."""
+    import keras
+
+    net = build_model("res_mid", None, 7)
+    convs = [layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 128, 128, 128, 256, 256, 256]
+    assert convs[0].strides == (2, 2) and all(c.strides == (1, 1) for c in convs[1:])
+    faces = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
+    for size in (40, 48):
+        probs = np.asarray(net(faces[:, :size, :size], training=False))
+        assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    adds = [layer for layer in net.layers if isinstance(layer, keras.layers.Add)]
+    for widen, last in ((convs[2], convs[4]), (convs[5], convs[7])):  # each block's input, its last conv
+        block_input = net.layers[net.layers.index(widen) + 2]
+        assert isinstance(block_input, keras.layers.Activation)
+        add = adds.pop(0)
+        probe = keras.Model(net.input, [block_input.output, add.output])
+        x_in, x_out = (np.asarray(t) for t in probe(faces, training=False))
+        assert not np.allclose(x_out, x_in, atol=1e-3)
+        last.kernel.assign(np.zeros(last.kernel.shape, "float32"))  # the block's branch now adds nothing
+        x_in, x_out = (np.asarray(t) for t in probe(faces, training=False))
+        assert np.allclose(x_out, x_in, atol=1e-5)  # relu(input + 0): the skip carries the input through
+
+
 def test_spatial_head_sees_the_centre_window_of_any_face_size():
     """``vgg_mid_fc`` flattens its last map (no global pooling): it takes 40 px crops as they are and
     whole faces by their centre 40 px, so a face's border does not change its output."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 DEFAULT_MODEL = "vgg_mid"
 
 #: The architectures of ``architectures.py``, named without importing Keras (for the CLI's help).
-BUILT_IN_MODELS = ("vgg_mid", "vgg_wide", "vgg_mid320", "vgg_mid_fc", "vgg_lite", "vgg_small", "seed_cnn")
+BUILT_IN_MODELS = ("vgg_mid", "vgg_wide", "vgg_mid320", "vgg_mid_fc", "res_mid", "vgg_lite", "vgg_small", "seed_cnn")
 
 
 @dataclass(frozen=True)
