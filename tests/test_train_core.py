@@ -128,10 +128,10 @@ def test_residual_network_adds_each_blocks_input_and_takes_any_face_size():
         probs = np.asarray(net(faces[:, :size, :size], training=False))
         assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
     adds = [layer for layer in net.layers if isinstance(layer, keras.layers.Add)]
-    for widen, last in ((convs[2], convs[4]), (convs[5], convs[7])):  # each block's input, its last conv
+    blocks = ((convs[2], convs[4]), (convs[5], convs[7]))  # each block's widening conv and its last conv
+    for add, (widen, last) in zip(adds, blocks, strict=True):
         block_input = net.layers[net.layers.index(widen) + 2]
         assert isinstance(block_input, keras.layers.Activation)
-        add = adds.pop(0)
         probe = keras.Model(net.input, [block_input.output, add.output])
         x_in, x_out = (np.asarray(t) for t in probe(faces, training=False))
         assert not np.allclose(x_out, x_in, atol=1e-3)
