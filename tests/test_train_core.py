@@ -582,3 +582,58 @@ def test_architecture_fingerprint_follows_the_builders_code_only(tmp_path, monke
     assert first["fp_one"] != first["fp_two"]
     assert other_edited["fp_one"] == first["fp_one"] and other_edited["fp_two"] != first["fp_two"]
     assert helper_edited["fp_one"] != first["fp_one"]
+
+
+def test_distilling_trains_on_the_teachers_probabilities_weighted_by_each_faces_label(tmp_path):
+    """``distill``: each face's target is (1 - share) of its one-hot label plus ``share`` of its
+    teachers' probabilities, found by its row through the epoch's shuffle, and weighted by its
+    label's class weight. A teacher that agrees with the labels trains the very network the labels
+    train (class weights included: the classes here are 3 to 1); one that swaps the two classes,
+    given most of each target, teaches the swap."""
+    x, y = stripes(640)
+    first = y[:600]
+    keep = [*np.flatnonzero(first == 0)[:180], *np.flatnonzero(first == 1)[:60], *range(600, 632)]
+    split = np.array(["train"] * 240 + ["val"] * 32)
+    packed = PackedFaces(x[keep], y[keep], split, ("horizontal", "vertical"), "stripes-3-to-1")
+    x_train, y_train = packed.part("train")
+    agreeing, swapping = np.eye(2)[y_train], np.eye(2)[1 - y_train]
+    config = TrainConfig(epochs=2, batch_size=32, patience=None, label_smoothing=0.1, crop=40, keep="last")
+    plain = train(packed, config, tmp_path / "plain")
+    taught = train(packed, replace(config, distill=0.5), tmp_path / "agree", teacher_probs=agreeing)
+    assert taught.history["loss"] == plain.history["loss"]
+    assert taught.history["val_loss"] == plain.history["val_loss"]
+    unweighted = train(
+        packed, replace(config, distill=0.5, class_weight_power=0.0), tmp_path / "flat", teacher_probs=agreeing
+    )
+    assert unweighted.history["loss"] != plain.history["loss"]
+
+    swapped = train(packed, replace(config, epochs=8, distill=0.9), tmp_path / "swap", teacher_probs=swapping)
+    x_val, y_val = packed.part("val")
+    assert float((predict_probs(swapped.model, x_val).argmax(1) == 1 - y_val).mean()) > 0.8, swapped.history
+
+    with pytest.raises(ValueError, match="teachers' probabilities of the 240 training faces"):
+        train(packed, replace(config, distill=0.5), tmp_path / "none")
+    with pytest.raises(ValueError, match="240 training faces, got \\(10, 2\\)"):
+        train(packed, replace(config, distill=0.5), tmp_path / "short", teacher_probs=agreeing[:10])
+    with pytest.raises(ValueError, match="teachers need distill"):
+        TrainConfig(teachers=(TrainConfig(),)).resolved()
+    with pytest.raises(ValueError, match="mixup"):
+        TrainConfig(distill=0.5, mixup=0.2).resolved()
+    # distillation came later: trainings keyed without it keep their work folders
+    assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, distill=0.0, teachers=()).key("k")
+    teacher = TrainConfig(model="vgg_lite", epochs=2)
+    student = TrainConfig(epochs=3, distill=0.5, teachers=(teacher,))
+    assert student.key("k") != replace(student, teachers=(replace(teacher, epochs=3),)).key("k")
+
+
+def test_each_training_of_a_distilling_config_gets_an_equal_share_of_its_budget():
+    """Two teachers and the student: the first teacher must end within a third of the budget, the
+    second within two thirds, all counted from the same start; without a budget each trains its epochs."""
+    from emotion_core.train import describe_teachers, teachers_in_budget
+
+    teacher = TrainConfig(model="vgg_lite", epochs=5, budget_minutes=999)
+    config = TrainConfig(budget_minutes=240, distill=0.5, teachers=(teacher, replace(teacher, model="vgg_small")))
+    planned = teachers_in_budget(config)
+    assert [(t.model, t.budget_minutes) for t in planned] == [("vgg_lite", 80), ("vgg_small", 160)]
+    assert [t.budget_minutes for t in teachers_in_budget(replace(config, budget_minutes=None))] == [None, None]
+    assert describe_teachers(config) == "vgg_lite (5 epochs), vgg_small (5 epochs)" and describe_teachers(teacher) == ""
