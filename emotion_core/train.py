@@ -58,8 +58,6 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam", or "sgd": SGD with Nesterov momentum 0.9
     mixup: float = 0.0  # alpha of mixup's Beta distribution (0: off): batches blended with themselves shuffled
     augment: float = 1.0  # scale of the training warp's ranges (1: shift 10%, rotate 18 deg, zoom 10%; 0: flips only)
-    distill: float = 0.0  # the teachers' share of each target, the label's the rest (see distilled_targets)
-    teachers: tuple[TrainConfig, ...] = ()  # trained first, their probabilities averaged (flows.train; see distill)
 
     def resolved(self) -> TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
@@ -88,20 +86,10 @@ class TrainConfig:
             raise ValueError(f"erase must be a share between 0 and 1, got {resolved.erase}")
         if resolved.crop is not None and not 8 <= resolved.crop <= resolved.input_size:
             raise ValueError(f"crop must be between 8 and the input size {resolved.input_size}, got {resolved.crop}")
-        if not 0.0 <= resolved.distill <= 1.0:
-            raise ValueError(f"distill must be the teachers' share of each target, 0 to 1, got {resolved.distill}")
-        if resolved.distill and resolved.mixup:
-            raise ValueError("distill and mixup cannot be combined: mixup blends the labels it is given")
-        if resolved.teachers and not resolved.distill:
-            raise ValueError("teachers need distill, their share of each training target (0 < distill <= 1)")
-        if any(teacher.teachers for teacher in resolved.teachers):
-            raise ValueError("a teacher cannot have teachers of its own")
-        return replace(resolved, teachers=tuple(teacher.resolved() for teacher in resolved.teachers))
+        return resolved
 
     def key(self, data_key: str) -> str:
-        resolved = self.resolved()
-        fields = asdict(resolved)
-        fields["teachers"] = [teacher.key(data_key) for teacher in resolved.teachers]
+        fields = asdict(self.resolved())
         for name, default in KEY_STABLE_DEFAULTS.items():  # fields added later: at their default, keys stay as before
             if fields[name] == default:
                 del fields[name]
@@ -117,27 +105,7 @@ KEY_STABLE_DEFAULTS = {
     "optimizer": "adam",
     "mixup": 0.0,
     "augment": 1.0,
-    "distill": 0.0,
-    "teachers": [],
 }
-
-
-def teachers_in_budget(config: TrainConfig) -> list[TrainConfig]:
-    """The teachers as they train, first to last: with ``config.budget_minutes``, each of the
-    trainings (the teachers, then the student) gets an equal share of it, so teacher ``i`` of ``k``
-    must end within ``(i + 1) / (k + 1)`` of the budget, counted from the same start; without
-    one, each trains its epochs."""
-    shares = len(config.teachers) + 1
-    return [
-        replace(teacher, budget_minutes=config.budget_minutes * (i + 1) / shares if config.budget_minutes else None)
-        for i, teacher in enumerate(config.teachers)
-    ]
-
-
-def describe_teachers(config: TrainConfig) -> str:
-    """``"vgg_wide (150 epochs), res_mid (150 epochs)"``; empty without teachers."""
-    return ", ".join(f"{teacher.model} ({teacher.epochs} epochs)" for teacher in config.teachers)
-
 
 CPU_EPOCHS = 100
 
@@ -217,7 +185,6 @@ def train(
     callbacks: list | None = None,
     started_at: float | None = None,
     clock=None,
-    teacher_probs: np.ndarray | None = None,
 ) -> TrainOutcome:
     """Train ``config.model`` on the packed train split, validating on the val split.
 
@@ -229,10 +196,6 @@ def train(
 
     With ``config.budget_minutes``, counted from ``started_at`` (``clock()`` time, default: now),
     the first epoch is timed and the schedule cut to the epochs that fit (``emotion_core.budget``).
-
-    With ``config.distill``, ``teacher_probs`` (N, classes) holds the teachers' probabilities of
-    the train split's faces, in ``packed.part("train")``'s order, and each face's target is
-    :func:`distilled_targets`; its class weight stays its label's.
     """
     import keras
     import tensorflow as tf
@@ -259,7 +222,6 @@ def train(
     has_val = len(x_val) > 0
     monitor = "val_accuracy" if has_val else "accuracy"
     n_classes = len(packed.labels)
-    targets = distilled_targets(y_train, teacher_probs, config.distill, n_classes) if config.distill else None
     with keras_seeds_of_its_own(config.seed):
         model = training_model(config, n_classes)
     model.compile(optimizer=_optimizer(config), loss=_loss(config), metrics=["accuracy"])
@@ -281,10 +243,9 @@ def train(
     _truncate_history(history_csv, start)
     if start >= planner.epochs or checkpoint.stopped:
         return _finish(model, work, monitor, start, config, n_classes)
-    rows = np.arange(len(y_train), dtype=np.int32)  # distilling: batches carry row numbers, targets are looked up
     dataset, steps = make_train_dataset(
         x_train,
-        rows if config.distill else y_train,
+        y_train,
         config.batch_size,
         seed=config.seed,
         first_epoch=start,
@@ -299,17 +260,14 @@ def train(
     weights = class_weights(y_train, n_classes, config.class_weight_power) if config.class_weight_power else None
     if _categorical(config):  # the categorical loss takes one-hot targets (mixup's are blended already)
         validation = _one_hot(validation, n_classes) if validation is not None else None
-        if config.distill:
-            dataset = _looked_up(dataset, targets, [weights[c] for c in y_train] if weights else None)
-        else:
-            dataset = _weighted_targets(dataset, weights) if config.mixup else _one_hot(dataset, n_classes)
+        dataset = _weighted_targets(dataset, weights) if config.mixup else _one_hot(dataset, n_classes)
     model.fit(
         dataset,
         validation_data=validation,
         initial_epoch=start,
         epochs=config.epochs,
         steps_per_epoch=steps,
-        class_weight=None if config.mixup or config.distill else weights,
+        class_weight=None if config.mixup else weights,
         callbacks=[keras.callbacks.CSVLogger(str(history_csv), append=True), early, rate, planner, checkpoint]
         + list(callbacks or []),
         shuffle=False,  # the dataset is already in its (seed, epoch) order
@@ -349,28 +307,7 @@ def keras_seeds_of_its_own(seed: int):
 
 def _categorical(config: TrainConfig) -> bool:
     """Whether the loss takes (one-hot or blended) targets rather than class numbers."""
-    return bool(config.label_smoothing or config.mixup or config.distill)
-
-
-def distilled_targets(y: np.ndarray, teacher_probs: np.ndarray | None, share: float, n_classes: int) -> np.ndarray:
-    """Each face's training target when distilling: ``(1 - share)`` of its one-hot label plus
-    ``share`` of its teachers' probabilities; float32 (N, ``n_classes``), rows summing to 1."""
-    if teacher_probs is None or np.shape(teacher_probs) != (len(y), n_classes):
-        shape = None if teacher_probs is None else np.shape(teacher_probs)
-        raise ValueError(f"distilling needs the teachers' probabilities of the {len(y)} training faces, got {shape}")
-    one_hot = np.eye(n_classes, dtype=np.float32)[y]
-    return ((1.0 - share) * one_hot + share * np.asarray(teacher_probs, np.float32)).astype(np.float32)
-
-
-def _looked_up(dataset, targets: np.ndarray, sample_weights: list[float] | None):
-    """Batches of (faces, row numbers) as (faces, the rows' targets[, the rows' sample weights])."""
-    import tensorflow as tf
-
-    table = tf.constant(targets)
-    if sample_weights is None:
-        return dataset.map(lambda x, rows: (x, tf.gather(table, rows)))
-    weights = tf.constant(sample_weights, tf.float32)
-    return dataset.map(lambda x, rows: (x, tf.gather(table, rows), tf.gather(weights, rows)))
+    return bool(config.label_smoothing or config.mixup)
 
 
 def _loss(config: TrainConfig):

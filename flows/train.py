@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
@@ -10,7 +9,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -20,15 +18,7 @@ from emotion_core.dataset import PackedFaces, pack_faces
 from emotion_core.imageio import atomic_write
 from emotion_core.lock import data_dir_lock
 from emotion_core.manifest import read_manifest
-from emotion_core.train import (
-    PRESETS,
-    TrainConfig,
-    TrainOutcome,
-    check_trainable,
-    describe_teachers,
-    teachers_in_budget,
-    train,
-)
+from emotion_core.train import PRESETS, TrainConfig, TrainOutcome, check_trainable, train
 
 from .environment import DEFAULT_DATA_DIR, mlflow_uri
 from .stages import manifest_path, sweep_stale_temps
@@ -46,9 +36,8 @@ def training_config(
     budget_minutes: float | None = None,
     optimizer: str | None = None,
 ) -> TrainConfig:
-    """A preset with the given overrides applied (to the student of a distilling preset, and the
-    precision to its teachers too). ``budget_minutes`` 0 turns the preset's time budget off; epochs
-    given without a budget are trained as given (no budget)."""
+    """A preset with the given overrides applied. ``budget_minutes`` 0 turns the preset's time
+    budget off; epochs given without a budget are trained as given (no budget)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if budget_minutes is not None and budget_minutes < 0:
@@ -62,8 +51,6 @@ def training_config(
         "optimizer": optimizer,
     }
     config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-    if precision is not None:  # a matter of the machine: every training of a distilling preset; the rest the student's
-        config = replace(config, teachers=tuple(replace(t, precision=precision) for t in config.teachers))
     if budget_minutes is not None or epochs is not None:
         config = replace(config, budget_minutes=budget_minutes or None)
     if config.epochs < 1 or config.batch_size < 1:
@@ -82,87 +69,21 @@ def pack_task(data_dir: str, size: int) -> PackedFaces:
 
 @task(name="fit", cache_policy=NO_CACHE)
 def fit_task(
-    packed: PackedFaces,
-    config: TrainConfig,
-    work_dir: str,
-    run_id: str,
-    started_at: float | None = None,
-    teacher_probs: np.ndarray | None = None,
+    packed: PackedFaces, config: TrainConfig, work_dir: str, run_id: str, started_at: float | None = None
 ) -> TrainOutcome:
     """Train with per-epoch metrics streamed to the MLflow run; resumes from the last finished epoch.
-    A time budget counts from ``started_at`` (Unix time; default: now); a distilling config learns
-    from ``teacher_probs`` too (:func:`emotion_core.train.train`)."""
+    A time budget counts from ``started_at`` (Unix time; default: now)."""
     import mlflow
 
     from modelstore.runs import EpochLogger
 
     with mlflow.start_run(run_id=run_id):
-        outcome = train(
-            packed, config, work_dir, callbacks=[EpochLogger()], started_at=started_at, teacher_probs=teacher_probs
-        )
+        outcome = train(packed, config, work_dir, callbacks=[EpochLogger()], started_at=started_at)
     if outcome.resumed_from_epoch:
         get_run_logger().info("resumed training after epoch %d", outcome.resumed_from_epoch)
     if outcome.plan:
         get_run_logger().info("time budget: %s", plan_summary(outcome.plan))
     return outcome
-
-
-@task(name="score-teacher", cache_policy=NO_CACHE)
-def score_teacher_task(packed: PackedFaces, outcome: TrainOutcome, run_id: str) -> dict[str, float]:
-    """A teacher's accuracy and macro-F1 on the test split (the val split without one), logged to its run once."""
-    import mlflow
-
-    from emotion_core.evaluate import compute_metrics, predict_probs
-
-    split = "test" if packed.counts()["test"] else "val"
-    x_eval, y_eval = packed.part(split)
-    metrics = compute_metrics(y_eval, predict_probs(outcome.model, x_eval).argmax(1), packed.labels)
-    scores = {f"{split}_accuracy": metrics.accuracy, f"{split}_macro_f1": metrics.macro_f1}
-    if not set(scores) <= set(mlflow.MlflowClient().get_run(run_id).data.metrics):
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics({**scores, "kept_epoch": outcome.kept_epoch})
-    return scores
-
-
-@task(name="teacher-probabilities", cache_policy=NO_CACHE)
-def teacher_probs_task(packed: PackedFaces, teachers: list[TrainOutcome], cache: str) -> np.ndarray:
-    """The mean of the teachers' probabilities of the train split's faces (each its saved model's
-    inference: flip-averaged where it is), kept in ``cache`` so a resumed student learns from the same."""
-    path = Path(cache)
-    if path.is_file():
-        return np.load(path, allow_pickle=False)
-    x_train, _ = packed.part("train")
-    from emotion_core.evaluate import predict_probs
-
-    probs = np.mean([predict_probs(teacher.model, x_train) for teacher in teachers], axis=0).astype(np.float32)
-    buffer = io.BytesIO()
-    np.save(buffer, probs)
-    atomic_write(path, buffer.getvalue())
-    return probs
-
-
-def train_teachers(
-    packed: PackedFaces, config: TrainConfig, data_dir: str, experiment_id: str, preset: str, started_at: float
-) -> list[TrainOutcome]:
-    """Train (or find trained, or resume) each of a distilling config's teachers in its own work
-    folder and MLflow run, within its share of the time budget (``teachers_in_budget``)."""
-    outcomes = []
-    for teacher in teachers_in_budget(config):
-        work_dir = Path(data_dir) / "training" / teacher.key(packed.key)
-        run_id = start_or_resume_run(
-            work_dir,
-            experiment_id,
-            teacher,
-            packed,
-            preset,
-            run_name=f"teacher-{teacher.model}-{work_dir.name[:8]}",
-            tags={"emotion.role": "teacher"},
-        )
-        outcome = fit_task(packed, teacher, str(work_dir), run_id, started_at)
-        scores = score_teacher_task(packed, outcome, run_id)
-        get_run_logger().info("teacher %s: %s", teacher.model, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-        outcomes.append(outcome)
-    return outcomes
 
 
 @task(name="evaluate-and-register", cache_policy=NO_CACHE)
@@ -241,12 +162,7 @@ def register_task(
             {f"{split}_accuracy": metrics.accuracy, f"{split}_macro_f1": metrics.macro_f1},
             {"manifest_hash": packed.key, **{f"n_{s}": n for s, n in packed.counts().items()}},
             f"{preset} preset: {config.model}, {len(outcome.history.get('loss', []))} epochs "
-            + (
-                f"distilled ({config.distill} of each target) from {describe_teachers(config)} "
-                if config.teachers
-                else ""
-            )
-            + f"(kept epoch {outcome.kept_epoch}: {config.keep}"
+            f"(kept epoch {outcome.kept_epoch}: {config.keep}"
             + (f"; time budget: {plan_summary(outcome.plan)}" if outcome.plan else "")
             + f"), run {run_id}",
         )
@@ -312,7 +228,6 @@ def start_or_resume_run(
     )
     params = {
         **asdict(config),
-        "teachers": describe_teachers(config),
         "preset": preset,
         "labels": ",".join(packed.labels),
         "n_classes": len(packed.labels),
@@ -349,9 +264,7 @@ def train_flow(
     A training whose data and parameters are unchanged is not repeated (its registration is
     returned) unless ``retrain``; an interrupted one resumes from its last finished epoch. The
     preset's time budget (or ``budget_minutes``; 0: none) counts from ``started_at`` (Unix time,
-    default: this flow's start) and cuts the schedule to the epochs that fit. A distilling preset
-    (``cpu-long``) trains its teachers first, each in its own MLflow run and within its share of the
-    budget; ``retrain`` repeats the student and reuses finished teachers.
+    default: this flow's start) and cuts the schedule to the epochs that fit.
     """
     import modelstore
 
@@ -374,12 +287,8 @@ def train_flow(
             shutil.rmtree(work_dir)
         artifacts = Path(data_dir).resolve() / "mlflow" / "artifacts" if local_store else None
         experiment_id = modelstore.ensure_experiment(experiment, artifacts)
-        teacher_probs = None
-        if config.teachers:
-            teachers = train_teachers(packed, config, str(data_dir), experiment_id, preset, started_at)
-            teacher_probs = teacher_probs_task(packed, teachers, str(work_dir / "teacher_probs.npy"))
         run_id = start_or_resume_run(work_dir, experiment_id, config, packed, preset)
-        outcome = fit_task(packed, config, str(work_dir), run_id, started_at, teacher_probs)
+        outcome = fit_task(packed, config, str(work_dir), run_id, started_at)
         result = register_task(
             packed, outcome, config, run_id, registered_name, str(Path(data_dir) / "mlflow" / "model-cache"), preset
         )

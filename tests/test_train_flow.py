@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.pipeline import emotion_pipeline
-from flows.train import train_flow, training_config
+from flows.train import train_flow
 from tests.conftest import ROOT
 from tests.test_flows import fer_sample
 
@@ -107,53 +107,6 @@ def test_training_logs_registers_and_loads_elsewhere(fer_data):
     other = json.loads(out.stdout.strip().splitlines()[-1])
     assert tuple(other["labels"]) == here.labels == info.labels and other["version"] == expected
     assert np.allclose(other["probs"], predict_probs(here.model, x_test[:16]), atol=1e-5)
-
-
-def test_a_distilling_preset_trains_its_teachers_first_each_in_a_run_of_its_own(fer_data, monkeypatch):
-    """Teachers train (or are found trained) before the student, each in its own work folder and
-    MLflow run with its test-split scores; the student learns from their averaged probabilities,
-    kept beside it, and is the one registered. Retraining the student reuses the teachers."""
-    from dataclasses import replace
-
-    from emotion_core.train import PRESETS
-
-    teacher = replace(PRESETS["smoke"], model="vgg_lite", epochs=1)
-    student = replace(PRESETS["smoke"], epochs=1, distill=0.7, teachers=(teacher, replace(teacher, model="vgg_small")))
-    monkeypatch.setitem(PRESETS, "smoke-distilled", student)
-    forced = training_config("smoke-distilled", "vgg_lite", None, None, None, precision="float32")
-    assert forced.model == "vgg_lite" and [t.model for t in forced.teachers] == ["vgg_lite", "vgg_small"]
-    assert {t.precision for t in forced.teachers} == {"float32"}  # the machine's matter: every training's
-    result = train_flow(str(fer_data), preset="smoke-distilled", registered_name="emotion-distilled")
-    client = mlflow.MlflowClient()
-    run = client.get_run(result["run_id"])
-    assert run.data.params["teachers"] == "vgg_lite (1 epochs), vgg_small (1 epochs)"
-    assert run.data.params["distill"] == "0.7" and run.data.params["model"] == "vgg_mid"
-    version = client.get_model_version("emotion-distilled", result["version"])
-    assert "distilled (0.7 of each target) from vgg_lite (1 epochs), vgg_small (1 epochs)" in version.description
-
-    teacher_runs = client.search_runs([run.info.experiment_id], "tags.`emotion.role` = 'teacher'")
-    assert sorted(r.data.params["model"] for r in teacher_runs) == ["vgg_lite", "vgg_small"]
-    assert all({"test_accuracy", "test_macro_f1", "loss"} <= set(r.data.metrics) for r in teacher_runs)
-    assert all(r.info.start_time < run.info.start_time for r in teacher_runs)
-    teacher_models = sorted((fer_data / "training").glob("*/final.keras"))
-    assert len(teacher_models) >= 3  # the two teachers', the student's (and earlier tests' trainings)
-
-    from emotion_core.dataset import pack_faces
-    from emotion_core.manifest import read_manifest
-
-    df, info = read_manifest(fer_data / "manifest.parquet")
-    n_train = pack_faces(df, info.labels, fer_data).counts()["train"]
-    probs_files = list((fer_data / "training").glob("*/teacher_probs.npy"))
-    assert len(probs_files) == 1
-    probs = np.load(probs_files[0])
-    assert probs.shape == (n_train, len(info.labels)) and np.allclose(probs.sum(1), 1.0, atol=1e-4)
-    assert (probs_files[0].parent / "registered.json").is_file()  # kept in the student's work folder
-
-    mtimes = {p: p.stat().st_mtime_ns for p in teacher_models}
-    again = train_flow(str(fer_data), preset="smoke-distilled", registered_name="emotion-distilled", retrain=True)
-    assert again["version"] == "2" and again["reused"] is False
-    assert len(client.search_runs([run.info.experiment_id], "tags.`emotion.role` = 'teacher'")) == 2
-    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.parent != probs_files[0].parent)
 
 
 def test_a_time_budget_cuts_the_schedule_and_says_so_in_the_run_and_registry(fer_data):
