@@ -1,14 +1,14 @@
 """Realtime latency: the seed's per-frame loop against the project's client, on one CPU core.
 
-    python -m bench.realtime_latency [--frames 200]
+    python -m bench.realtime_latency [--frames 200] [--preset cpu]
 
 Frames are 640x480 with 1, 3 or 6 real Yale faces moving across a textured background. The seed's
 loop runs the Haar cascade (1.3, 5) on the full frame every frame and ``model.predict`` per face; the
 project's client searches the whole frame (on a 320 px copy) every 30th frame, re-finds each tracked
 face in a window around its predicted box every 3rd frame, predicts positions in between, and
 classifies all faces of a frame in one traced call. Both use the same model weights. The default model
-is built as the ``cpu`` preset saves it (with flip averaging inside when the preset has it). Run pinned
-to one core.
+is built as the ``cpu`` preset (or ``--preset``'s) saves it (with flip averaging inside when the preset
+has it). Run pinned to one core.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def stats(times: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--preset", default="cpu", help="the preset whose saved model the client runs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     import tensorflow as tf
@@ -97,23 +98,24 @@ def main() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     cv2.setNumThreads(1)
     from emotion_core.landmarks import load_landmarks
-    from emotion_core.models import DEFAULT_MODEL, build_model
+    from emotion_core.models import build_model
     from emotion_core.train import PRESETS, inference_model
 
     labels = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-    # The default model as the cpu preset saves it (float32; flip-averaged when the preset says so).
-    seed_model, default_model = build_model("seed_cnn", 48, 7), inference_model(PRESETS["cpu"].resolved(), 7)
+    # The preset's model as it saves it (float32; flip-averaged when the preset says so).
+    config = PRESETS[args.preset].resolved()
+    seed_model, default_model = build_model("seed_cnn", 48, 7), inference_model(config, 7)
     results = {}
     frames = make_frames(args.frames, 1)
     results["seed_loop_seed_cnn"] = stats(seed_loop(seed_model, frames))
     results["project_seed_cnn"] = stats(project_loop(seed_model, frames, labels))
     for n in (1, 3, 6):
-        results[f"project_{DEFAULT_MODEL}_{n}_faces"] = stats(
+        results[f"project_{config.model}_{n}_faces"] = stats(
             project_loop(default_model, make_frames(args.frames, n), labels)
         )
     detector, reason = load_landmarks()
     if detector is not None:  # the [landmarks] extra: points fitted every frame, characters drawn on them
-        results[f"project_{DEFAULT_MODEL}_1_face_landmarks_and_characters"] = stats(
+        results[f"project_{config.model}_1_face_landmarks_and_characters"] = stats(
             project_loop(default_model, frames, labels, landmarks=detector)
         )
     else:
