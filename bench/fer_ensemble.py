@@ -29,6 +29,7 @@ import numpy as np
 from bench.data_stages import datasets_dir
 from bench.fer_accuracy import YALE_LABEL_MAP, emotion
 from emotion_core.evaluate import compute_metrics, load_labelled_faces, predict_probs, read_duplicate_list
+from emotion_core.labels import parse_label_map
 
 
 def scoring_sets(data_dir: Path, work: Path) -> tuple[tuple[str, ...], dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -46,8 +47,7 @@ def scoring_sets(data_dir: Path, work: Path) -> tuple[tuple[str, ...], dict[str,
     yale = work / "yale"
     if not (yale / "faces").is_dir():
         emotion("crop", str(datasets_dir() / "yalefaces"), "-d", str(yale))
-    label_map = dict(pair.split("=") for pair in YALE_LABEL_MAP.split(","))
-    yale_faces = load_labelled_faces(yale / "faces", packed.labels, label_map)
+    yale_faces = load_labelled_faces(yale / "faces", packed.labels, parse_label_map(YALE_LABEL_MAP))
     sets = {
         "test_split": packed.part("test"),
         "public_test": (public.x, public.y),
@@ -57,9 +57,12 @@ def scoring_sets(data_dir: Path, work: Path) -> tuple[tuple[str, ...], dict[str,
     return packed.labels, sets
 
 
+Scores = dict[tuple[str, ...], dict[str, tuple[float, float]]]
+
+
 def score_combinations(
     probs: dict[str, dict[str, np.ndarray]], truth: dict[str, np.ndarray], labels: tuple[str, ...]
-) -> dict[str, dict[str, tuple[float, float]]]:
+) -> Scores:
     """(accuracy, macro-F1) on every set of the mean of every combination of the models' probabilities."""
     scores = {}
     for size in range(1, len(probs) + 1):
@@ -69,17 +72,16 @@ def score_combinations(
                 mean = np.mean([probs[model][name] for model in combo], axis=0)
                 metrics = compute_metrics(y, mean.argmax(1), labels)
                 row[name] = (round(metrics.accuracy, 4), round(metrics.macro_f1, 4))
-            scores["+".join(combo)] = row
+            scores[combo] = row
     return scores
 
 
-def picks(scores: dict[str, dict[str, tuple[float, float]]]) -> dict[int, str]:
+def picks(scores: Scores) -> dict[int, tuple[str, ...]]:
     """For each number of models, the combination with the best test-split macro-F1."""
-    best: dict[int, str] = {}
+    best: dict[int, tuple[str, ...]] = {}
     for combo, row in scores.items():
-        size = combo.count("+") + 1
-        if size not in best or row["test_split"][1] > scores[best[size]]["test_split"][1]:
-            best[size] = combo
+        if len(combo) not in best or row["test_split"][1] > scores[best[len(combo)]]["test_split"][1]:
+            best[len(combo)] = combo
     return best
 
 
@@ -106,8 +108,11 @@ def main() -> None:
             raise SystemExit(f"{name} has {model.output_shape[-1]} outputs; the manifest has {len(labels)} labels")
         probs[name] = {set_name: predict_probs(model, x) for set_name, (x, _) in sets.items()}
     scores = score_combinations(probs, {name: y for name, (_, y) in sets.items()}, labels)
-    result = {"models": models, "picks_by_test_split": {n: {c: scores[c]} for n, c in picks(scores).items()}}
-    result["all"] = scores
+    result = {
+        "models": models,
+        "picks_by_test_split": {n: {"+".join(c): scores[c]} for n, c in picks(scores).items()},
+        "all": {"+".join(c): row for c, row in scores.items()},
+    }
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
