@@ -72,7 +72,7 @@ def training_summary(data_dir: Path) -> dict:
     if not records:
         return {}
     record = json.loads(records[-1].read_text())
-    keep = ("model", "model_uri", "kept_epoch", "epochs_run", "alias", "plan")
+    keep = ("model", "model_uri", "kept_epoch", "epochs_run", "alias", "plan", "members")
     return {**{k: record.get(k) for k in keep}, "test_split": record["metrics"]}
 
 

@@ -168,6 +168,10 @@ def parse_space(data: Any, source: str) -> SearchSpace:
     preset = data.get("preset", "cpu")
     if preset not in PRESETS:
         fail("preset", f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if PRESETS[preset].members:
+        fail(
+            "preset", f"{preset!r} trains an ensemble; a sweep tunes one network: start from a single network's preset"
+        )
     objective = data.get("objective", "val_accuracy")
     if objective not in OBJECTIVES:
         fail("objective", f"{objective!r} is not one of {OBJECTIVES}")

@@ -18,7 +18,7 @@ import numpy as np
 from .budget import TimeBudget, epoch_planner, read_plan
 from .dataset import PackedFaces, class_weights, make_tf_dataset, make_train_dataset
 from .imageio import atomic_write
-from .models import DEFAULT_MODEL, architecture_fingerprint, build_model, model_spec, with_flip_average
+from .models import DEFAULT_MODEL, architecture_fingerprint, average_of, build_model, model_spec, with_flip_average
 
 FINAL_NAME = "final.keras"
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -58,10 +58,14 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam", or "sgd": SGD with Nesterov momentum 0.9
     mixup: float = 0.0  # alpha of mixup's Beta distribution (0: off): batches blended with themselves shuffled
     augment: float = 1.0  # scale of the training warp's ranges (1: shift 10%, rotate 18 deg, zoom 10%; 0: flips only)
+    members: tuple[TrainConfig, ...] = ()  # an ensemble (see ensemble()): its own fields but these are unused
 
     def resolved(self) -> TrainConfig:
         """This config with the model's default learning rate and the precision ``auto`` picks; a
-        model with a fixed input size (``seed_cnn``) trains on whole faces when crops are asked for."""
+        model with a fixed input size (``seed_cnn``) trains on whole faces when crops are asked for.
+        An ensemble's members are resolved, and its ``model`` names them."""
+        if self.members:
+            return self._resolved_ensemble()
         spec = model_spec(self.model)
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"the learning rate must be positive, got {self.learning_rate}")
@@ -88,13 +92,56 @@ class TrainConfig:
             raise ValueError(f"crop must be between 8 and the input size {resolved.input_size}, got {resolved.crop}")
         return resolved
 
+    def _resolved_ensemble(self) -> TrainConfig:
+        if len(self.members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(self.members)}")
+        if any(member.members for member in self.members):
+            raise ValueError("an ensemble's member cannot be an ensemble itself")
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
+            raise ValueError(f"budget_minutes must be positive, got {self.budget_minutes}")
+        members = tuple(member.resolved() for member in self.members)
+        if len({member.input_size for member in members}) != 1:
+            raise ValueError("an ensemble's members must take faces of one size")
+        return replace(self, model=ensemble_name(members), input_size=members[0].input_size, members=members)
+
     def key(self, data_key: str) -> str:
-        fields = asdict(self.resolved())
+        resolved = self.resolved()
+        fields = asdict(resolved)
         for name, default in KEY_STABLE_DEFAULTS.items():  # fields added later: at their default, keys stay as before
             if fields[name] == default:
                 del fields[name]
+        if resolved.members:  # an ensemble: the members' own keys (their data and architectures in them)
+            fields["members"] = [member.key(data_key) for member in resolved.members]
+            return hashlib.sha256(json.dumps([fields, data_key], sort_keys=True).encode()).hexdigest()[:16]
         payload = json.dumps([fields, data_key, architecture_fingerprint(self.model)], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def ensemble_name(members: tuple[TrainConfig, ...]) -> str:
+    """``"vgg_wide+res_mid"``: an ensemble's ``model``."""
+    return "+".join(member.model for member in members)
+
+
+def ensemble(*members: TrainConfig, budget_minutes: float | None = None) -> TrainConfig:
+    """An ensemble: each member trains as its own training (one after another, each within an equal
+    share of ``budget_minutes``: :func:`members_in_budget`), and the saved model averages the
+    members' saved models' probabilities (:func:`ensemble_model`)."""
+    return TrainConfig(
+        model=ensemble_name(members), members=members, budget_minutes=budget_minutes, input_size=members[0].input_size
+    )
+
+
+def members_in_budget(config: TrainConfig) -> list[TrainConfig]:
+    """An ensemble's members as they train, first to last: each with an equal share of the
+    ensemble's time budget (the first's counted from the command's start, so earlier stages count
+    against it; each later one's from its own start), or, without a budget, their epochs."""
+    share = config.budget_minutes / len(config.members) if config.budget_minutes else None
+    return [replace(member, budget_minutes=share) for member in config.members]
+
+
+def describe_members(config: TrainConfig) -> str:
+    """``"vgg_wide (300 epochs), res_mid (300 epochs)"``: an ensemble's members, empty for one network."""
+    return ", ".join(f"{member.model} ({member.epochs} epochs)" for member in config.members)
 
 
 #: Fields added after trainings were keyed without them: left out of the key at these defaults.
@@ -105,6 +152,7 @@ KEY_STABLE_DEFAULTS = {
     "optimizer": "adam",
     "mixup": 0.0,
     "augment": 1.0,
+    "members": (),
 }
 
 CPU_EPOCHS = 100
@@ -118,7 +166,9 @@ COSINE = TrainConfig(batch_size=64, patience=None, label_smoothing=0.1, crop=40,
 #: Named presets.
 PRESETS: dict[str, TrainConfig] = {
     "cpu": replace(COSINE, epochs=CPU_EPOCHS, budget_minutes=60),
-    "cpu-long": replace(COSINE, model="vgg_wide", epochs=300, budget_minutes=240),
+    "cpu-long": ensemble(
+        replace(COSINE, model="vgg_wide", epochs=300), replace(COSINE, model="res_mid", epochs=300), budget_minutes=240
+    ),
     "gpu": replace(COSINE, model="vgg_wide", epochs=300, batch_size=128),
     "seed": TrainConfig(model="seed_cnn", epochs=15, batch_size=64, patience=15),
     "demo": replace(COSINE, epochs=20, batch_size=32, crop=None),
@@ -131,9 +181,9 @@ PRESET_BUDGETS: dict[str, str] = {
     "cpu": "up to 100 epochs of vgg_mid on 40 px crops, bfloat16, within 60 min for the whole command: "
     "FER2013 end to end in 49-58 min on 2 cores of an Intel Xeon with AMX-BF16; fewer epochs where they "
     "do not fit (71 on an AMD EPYC with AVX512-BF16: 54.5 min end to end; ~37 estimated on one without bfloat16)",
-    "cpu-long": "up to 300 epochs of vgg_wide within 240 min: all 300 fit on 2 cores of an Intel Xeon with AMX-BF16 "
-    "(40 s an epoch: ~3.4 h for FER2013), 282 on an AMD EPYC with AVX512-BF16 (50 s an epoch); the full run's "
-    "accuracy is not measured yet (its recipe cut to 115 min, 167 epochs: public_test 0.667, level with cpu)",
+    "cpu-long": "the average of vgg_wide and res_mid, each up to 300 epochs within half of 240 min, trained "
+    "one after the other: ~175 and ~185 epochs on 2 cores of an Intel Xeon with AMX-BF16 (40 and 37 s an "
+    "epoch); its parts, measured apart (vgg_wide in 115 min, res_mid in 60; 168 min), average to public_test 0.685",
     "gpu": "300 epochs of vgg_wide, batch 128: not yet measured on a GPU",
     "seed": "the seed's network and schedule: ~4.7 h for FER2013 on 2 cores",
     "demo": "20 epochs, for the generated demo faces",
@@ -149,6 +199,7 @@ class TrainOutcome:
     resumed_from_epoch: int  # 0 when the training started fresh
     work_dir: Path
     plan: dict | None = None  # the time budget's plan (emotion_core.budget.read_plan), if it had one
+    members: tuple[TrainOutcome, ...] = ()  # an ensemble's members' outcomes (its own history is empty)
 
 
 class EmptyTrainingData(ValueError):
@@ -202,6 +253,8 @@ def train(
 
     check_trainable(packed)
     config = config.resolved()
+    if config.members:
+        raise ValueError("an ensemble trains each member as its own training, then averages them (train_ensemble)")
     spec = model_spec(config.model)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -345,9 +398,12 @@ def training_model(config: TrainConfig, n_classes: int):
 
 def inference_model(config: TrainConfig, n_classes: int, trained=None):
     """The network as it is saved and used everywhere after training: float32, whole ``input_size``
-    faces, with ``trained``'s weights, flip-averaged when ``config.flip_average``."""
+    faces, with ``trained``'s weights, flip-averaged when ``config.flip_average``; an ensemble's
+    (untrained) is the average of its members' (:func:`ensemble_model`)."""
     import keras
 
+    if config.members:
+        return average_of([inference_model(member, n_classes) for member in config.members], name="ensemble")
     if trained is not None and config.precision == "float32" and not config.crop and not config.flip_average:
         return trained
     keras.mixed_precision.set_global_policy("float32")
@@ -407,6 +463,28 @@ def _finish(model, work: Path, monitor: str, resumed_from: int, config: TrainCon
     tmp.replace(work / FINAL_NAME)
     kept = _kept_epoch(history, config.keep, monitor)
     return TrainOutcome(model, history, kept, resumed_from, work, read_plan(work))
+
+
+def train_ensemble(config: TrainConfig, members: list[TrainOutcome], work_dir: str | Path) -> TrainOutcome:
+    """The ensemble of ``config`` from its trained members (in ``config.members``' order): one
+    model averaging their saved models' probabilities, written atomically to ``work_dir`` (found
+    there on a rerun, like a training's final model)."""
+    import keras
+
+    config = config.resolved()
+    if len(members) != len(config.members):
+        raise ValueError(f"the ensemble has {len(config.members)} members, got {len(members)} trained ones")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    final = work / FINAL_NAME
+    if final.is_file():
+        model = keras.saving.load_model(final, compile=False, safe_mode=True)
+    else:
+        model = average_of([member.model for member in members], name="ensemble")
+        tmp = work / f".{FINAL_NAME}.tmp.keras"
+        model.save(tmp)
+        tmp.replace(final)
+    return TrainOutcome(model, {}, 0, 0, work, None, tuple(members))
 
 
 def _truncate_history(path: Path, epochs: int) -> None:

@@ -193,14 +193,24 @@ def print_training(result: dict) -> None:
     """Print a training's evaluation and where its model was registered."""
     m = result["metrics"]
     reused = " (already trained; reused)" if result.get("reused") else ""
+    from emotion_core.budget import plan_summary
+
+    members = result.get("members") or []
+    trained = (
+        "the average of " + " and ".join(f"{member['model']} ({member['epochs_run']} epochs)" for member in members)
+        if members
+        else f"{result['model']}, {result['epochs_run']} epochs (kept {result['kept_epoch']})"
+    )
     console.print(
-        f"[bold]train[/]{reused}: {result['model']}, {result['epochs_run']} epochs (kept {result['kept_epoch']}); "
+        f"[bold]train[/]{reused}: {trained}; "
         f"{result['eval_split']} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} (n={m['n']})",
         highlight=False,
     )
+    for i, member in enumerate(members, 1):
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in member["scores"].items())
+        plan = f"; time budget: {plan_summary(member['plan'])}" if member.get("plan") else ""
+        console.print(f"  member {i}, {member['model']}: {scores}{plan}", highlight=False)
     if result.get("plan"):
-        from emotion_core.budget import plan_summary
-
         console.print(f"time budget: {plan_summary(result['plan'])}", highlight=False)
     console.print(
         f"registered {result['model_uri']} as @{result['alias']} ({result['promotion']}); "

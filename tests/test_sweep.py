@@ -109,6 +109,7 @@ def test_suggestions_stay_in_the_space_and_become_configs():
         ("params: {epochs: {low: 10, high: 40, step: 10}}\nenqueue: [{epochs: 25}]", "enqueue[0].epochs"),
         ("params: {epochs: 3}\nprunner: median", "prunner"),
         ("params: {epochs: 3}\npreset: turbo", "preset"),
+        ("params: {epochs: 3}\npreset: cpu-long", "preset: 'cpu-long' trains an ensemble"),
         ("params: {epochs: 3}\npruner: {type: cheetah}", "pruner.type"),
         ("params: {crop: 60}", "params"),
         ("params: {epochs: 3", "line"),

@@ -74,7 +74,7 @@ def test_every_preset_states_its_budget_in_the_cli_help():
     from flows.cli import app
 
     assert set(PRESET_BUDGETS) == set(PRESETS)
-    assert all(m in model_names() for m in {p.model for p in PRESETS.values()})
+    assert all(m.model in model_names() for p in PRESETS.values() for m in (p.members or (p,)))
     result = CliRunner().invoke(app, ["train", "--help"])
     text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # rich's box, wrapped lines joined
     assert result.exit_code == 0
@@ -582,3 +582,67 @@ def test_architecture_fingerprint_follows_the_builders_code_only(tmp_path, monke
     assert first["fp_one"] != first["fp_two"]
     assert other_edited["fp_one"] == first["fp_one"] and other_edited["fp_two"] != first["fp_two"]
     assert helper_edited["fp_one"] != first["fp_one"]
+
+
+def test_an_ensemble_preset_resolves_its_members_and_is_keyed_by_them():
+    from emotion_core.train import describe_members, ensemble, members_in_budget
+
+    long = PRESETS["cpu-long"].resolved()
+    assert long.model == "vgg_wide+res_mid" and long.budget_minutes == 240
+    assert [m.model for m in long.members] == ["vgg_wide", "res_mid"]
+    assert all(m.learning_rate and m.precision in ("float32", "mixed_bfloat16") for m in long.members)
+    assert describe_members(long) == "vgg_wide (300 epochs), res_mid (300 epochs)"
+    assert [m.budget_minutes for m in members_in_budget(long)] == [120, 120]
+    assert [m.budget_minutes for m in members_in_budget(replace(long, budget_minutes=None))] == [None, None]
+    one, two = replace(PRESETS["smoke"], model="vgg_lite"), replace(PRESETS["smoke"], model="vgg_small")
+    pair = ensemble(one, two)
+    assert pair.key("k") == ensemble(one, two).key("k") != ensemble(one, replace(two, seed=7)).key("k")
+    assert pair.key("k") != pair.key("other data") and pair.key("k") not in (one.key("k"), two.key("k"))
+    # single networks keyed before ensembles existed keep their work folders
+    assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, members=()).key("k")
+    with pytest.raises(ValueError, match="at least two members"):
+        ensemble(one).resolved()
+    with pytest.raises(ValueError, match="cannot be an ensemble"):
+        ensemble(one, pair).resolved()
+    with pytest.raises(ValueError, match="one size"):
+        ensemble(one, replace(two, input_size=64)).resolved()
+    with pytest.raises(ValueError, match="each member as its own training"):
+        faces = PackedFaces(
+            np.zeros((4, 48, 48), np.uint8), np.array([0, 1, 0, 1]), np.array(["train"] * 4), ("a", "b"), "k"
+        )
+        train(faces, pair, "unused")
+
+
+def test_overrides_of_an_ensemble_preset_apply_to_each_member_and_a_model_trains_alone():
+    from flows.train import training_config
+
+    long = training_config("cpu-long", None, 50, None, 2e-3, precision="float32", budget_minutes=90)
+    assert long.budget_minutes == 90 and [m.epochs for m in long.members] == [50, 50]
+    assert {m.learning_rate for m in long.members} == {2e-3} and {m.precision for m in long.members} == {"float32"}
+    assert training_config("cpu-long", None, 50, None, None).budget_minutes is None  # --epochs alone, as for one
+    alone = training_config("cpu-long", "vgg_mid", None, None, None)
+    assert not alone.members and alone.model == "vgg_mid" and alone.budget_minutes == 240 and alone.epochs == 300
+    assert alone.flip_average and alone.crop == 40 and alone.keep == "last"  # the members' recipe
+    with pytest.raises(ValueError, match="at least 1"):
+        training_config("cpu-long", None, 0, None, None)
+
+
+def test_an_average_of_networks_is_one_model_that_saves_and_loads_safely(tmp_path):
+    import keras
+
+    from emotion_core.models import average_of, with_flip_average
+    from emotion_core.train import inference_model
+
+    nets = [with_flip_average(build_model("vgg_lite", 48, 7)) for _ in range(2)]  # one architecture twice
+    ensemble = average_of(nets)
+    faces = np.random.default_rng(0).integers(0, 256, (6, 48, 48, 1)).astype("float32")
+    expected = (np.asarray(nets[0](faces)) + np.asarray(nets[1](faces))) / 2
+    assert not np.allclose(nets[0](faces), nets[1](faces))  # different weights: the mean is not either
+    assert np.allclose(ensemble(faces), expected, atol=1e-6)
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras", compile=False, safe_mode=True)
+    assert np.allclose(loaded(faces), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="share input and classes"):
+        average_of([nets[0], build_model("vgg_lite", 48, 5)])
+    untrained = inference_model(PRESETS["cpu-long"].resolved(), 7)  # what bench.realtime_latency times
+    assert untrained.output_shape == (None, 7) and len(untrained.layers) == 4  # face, two members, average

@@ -109,6 +109,62 @@ def test_training_logs_registers_and_loads_elsewhere(fer_data):
     assert np.allclose(other["probs"], predict_probs(here.model, x_test[:16]), atol=1e-5)
 
 
+def test_an_ensemble_preset_trains_each_member_in_a_child_run_and_registers_their_average(fer_data, monkeypatch):
+    """Members train one after another, each in its own work folder and MLflow run (a child of the
+    ensemble's, with its test-split scores); the registered model is their average and loads like
+    any other; a rerun that lost the ensemble's model rebuilds it from the trained members."""
+    from dataclasses import replace
+
+    import keras
+
+    from emotion_core.dataset import pack_faces
+    from emotion_core.evaluate import predict_probs
+    from emotion_core.manifest import read_manifest
+    from emotion_core.train import PRESETS, ensemble, members_in_budget
+    from modelstore import load_model
+
+    member = replace(PRESETS["smoke"], model="vgg_lite", epochs=1)
+    monkeypatch.setitem(PRESETS, "smoke-pair", ensemble(member, replace(member, model="vgg_small")))
+    result = train_flow(str(fer_data), preset="smoke-pair", registered_name="emotion-pair")
+    assert result["model"] == "vgg_lite+vgg_small" and result["kept_epoch"] is None and result["epochs_run"] == 2
+    assert [(m["model"], m["epochs_run"]) for m in result["members"]] == [("vgg_lite", 1), ("vgg_small", 1)]
+    client = mlflow.MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.data.params["members"] == "vgg_lite (1 epochs), vgg_small (1 epochs)"
+    assert run.data.params["model"] == "vgg_lite+vgg_small" and "epochs" not in run.data.params
+    children = f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+    member_runs = client.search_runs([run.info.experiment_id], children)
+    assert sorted(r.data.params["model"] for r in member_runs) == ["vgg_lite", "vgg_small"]
+    assert all(r.data.tags["emotion.role"] == "ensemble-member" for r in member_runs)
+    assert all({"test_accuracy", "test_macro_f1", "loss"} <= set(r.data.metrics) for r in member_runs)
+    lite = next(r for r in member_runs if r.data.params["model"] == "vgg_lite")
+    assert run.data.metrics["member_1_test_accuracy"] == pytest.approx(lite.data.metrics["test_accuracy"])
+    assert "kept_epoch" not in run.data.metrics and "test_accuracy" in run.data.metrics
+    version = client.get_model_version("emotion-pair", result["version"])
+    assert version.description.startswith("smoke-pair preset: the average of vgg_lite (1 epochs, kept epoch 1")
+    assert version.tags["model"] == "vgg_lite+vgg_small"
+
+    df, info = read_manifest(fer_data / "manifest.parquet")
+    packed = pack_faces(df, info.labels, fer_data)
+    x_test = packed.part("test")[0][:16]
+    member_dirs = [fer_data / "training" / m.key(packed.key) for m in members_in_budget(PRESETS["smoke-pair"])]
+    nets = [keras.saving.load_model(d / "final.keras", compile=False) for d in member_dirs]
+    expected = np.mean([predict_probs(net, x_test) for net in nets], axis=0)
+    registered = load_model("models:/emotion-pair@champion", fer_data / "mlflow" / "model-cache")
+    assert registered.labels == info.labels and registered.model.name == "ensemble"
+    assert np.allclose(predict_probs(registered.model, x_test), expected, atol=1e-5)
+
+    ensemble_dir = fer_data / "training" / PRESETS["smoke-pair"].key(packed.key)
+    (ensemble_dir / "registered.json").unlink()
+    (ensemble_dir / "final.keras").unlink()
+    trained = {d: (d / "final.keras").stat().st_mtime_ns for d in member_dirs}
+    again = train_flow(str(fer_data), preset="smoke-pair", registered_name="emotion-pair")
+    assert again["reused"] is False and again["version"] == "2" and again["run_id"] == result["run_id"]
+    assert {d: (d / "final.keras").stat().st_mtime_ns for d in member_dirs} == trained
+    assert len(client.search_runs([run.info.experiment_id], children)) == 2
+    assert again["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
+
+
 def test_a_time_budget_cuts_the_schedule_and_says_so_in_the_run_and_registry(fer_data):
     """A budget below the reserve kept for finishing leaves room for the first epoch only."""
     from emotion_core.budget import FINISH_RESERVE_S

@@ -116,3 +116,23 @@ def with_flip_average(net):
     mirror.set_weights([np.eye(width, dtype="float32")[::-1]])
     outputs = layers.Average(name="flip_average")([net(inputs), net(mirrored)])
     return keras.Model(inputs, outputs, name=f"{net.name}_flip_average")
+
+
+def average_of(nets: list, name: str = "ensemble"):
+    """One model returning the mean of ``nets``' probabilities for each face (an ensemble that
+    every consumer of the saved model runs as one network). The nets must take the same input and
+    return the same classes; each is kept as a sub-model named ``member_<i>_<its name>``, so two
+    nets of one architecture can be averaged, and the whole loads with ``safe_mode``."""
+    import keras
+
+    if len(nets) < 2:
+        raise ValueError(f"an average needs at least two networks, got {len(nets)}")
+    shapes = {(tuple(net.input_shape[1:]), net.output_shape[-1]) for net in nets}
+    if len(shapes) != 1:
+        raise ValueError(f"averaged networks must share input and classes, got {sorted(shapes)}")
+    inputs = keras.Input(nets[0].input_shape[1:], name="face")
+    members = [
+        keras.Model(net.inputs[0], net.outputs[0], name=f"member_{i}_{net.name}") for i, net in enumerate(nets, 1)
+    ]
+    outputs = keras.layers.Average(name="ensemble_average")([member(inputs) for member in members])
+    return keras.Model(inputs, outputs, name=name)
