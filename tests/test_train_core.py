@@ -306,7 +306,7 @@ def test_keep_last_keeps_the_schedules_last_epoch_not_the_best(tmp_path):
     last.load_weights(tmp_path / "work" / "checkpoint" / state["file"])
     x_val, _ = packed.part("val")
     assert np.allclose(predict_probs(outcome.model, x_val), predict_probs(last, x_val), atol=1e-6)
-    assert all(p.keep == "last" for name, p in PRESETS.items() if name != "seed")
+    assert all(m.keep == "last" for name, p in PRESETS.items() if name != "seed" for m in (p.members or (p,)))
 
 
 def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
