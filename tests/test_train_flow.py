@@ -109,7 +109,9 @@ def test_training_logs_registers_and_loads_elsewhere(fer_data):
     assert np.allclose(other["probs"], predict_probs(here.model, x_test[:16]), atol=1e-5)
 
 
-def test_an_ensemble_preset_trains_each_member_in_a_child_run_and_registers_their_average(fer_data, monkeypatch):
+def test_an_ensemble_preset_trains_each_member_in_a_child_run_and_registers_their_average(
+    fer_data, monkeypatch, capsys
+):
     """Members train one after another, each in its own work folder and MLflow run (a child of the
     ensemble's, with its test-split scores); the registered model is their average and loads like
     any other; a rerun that lost the ensemble's model rebuilds it from the trained members."""
@@ -143,6 +145,13 @@ def test_an_ensemble_preset_trains_each_member_in_a_child_run_and_registers_thei
     version = client.get_model_version("emotion-pair", result["version"])
     assert version.description.startswith("smoke-pair preset: the average of vgg_lite (1 epochs, kept epoch 1")
     assert version.tags["model"] == "vgg_lite+vgg_small"
+    from flows.cli import print_training
+
+    capsys.readouterr()
+    print_training(result)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "train: the average of vgg_lite (1 epochs) and vgg_small (1 epochs); test accuracy" in printed
+    assert f"member 1, vgg_lite: test_accuracy {lite.data.metrics['test_accuracy']:.3f}" in printed
 
     df, info = read_manifest(fer_data / "manifest.parquet")
     packed = pack_faces(df, info.labels, fer_data)
