@@ -181,9 +181,9 @@ PRESET_BUDGETS: dict[str, str] = {
     "cpu": "up to 100 epochs of vgg_mid on 40 px crops, bfloat16, within 60 min for the whole command: "
     "FER2013 end to end in 49-58 min on 2 cores of an Intel Xeon with AMX-BF16; fewer epochs where they "
     "do not fit (71 on an AMD EPYC with AVX512-BF16: 54.5 min end to end; ~37 estimated on one without bfloat16)",
-    "cpu-long": "the average of vgg_wide and res_mid, each up to 300 epochs within half of 240 min, trained "
-    "one after the other: ~175 and ~185 epochs on 2 cores of an Intel Xeon with AMX-BF16 (40 and 37 s an "
-    "epoch); its parts, measured apart (vgg_wide in 115 min, res_mid in 60; 168 min), average to public_test 0.685",
+    "cpu-long": "the average of vgg_wide and res_mid, each up to 300 epochs within half of 240 min, trained one "
+    "after the other: on 2 cores of an Intel Xeon with AMX-BF16 ~40 s an epoch of vgg_wide and ~35 s of res_mid, "
+    "~175 and ~205 epochs (measured with halves of 115 min: 167 and 201 epochs, 111 and ~120 min)",
     "gpu": "300 epochs of vgg_wide, batch 128: not yet measured on a GPU",
     "seed": "the seed's network and schedule: ~4.7 h for FER2013 on 2 cores",
     "demo": "20 epochs, for the generated demo faces",
