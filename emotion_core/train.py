@@ -403,7 +403,7 @@ def inference_model(config: TrainConfig, n_classes: int, trained=None):
     import keras
 
     if config.members:
-        return average_of([inference_model(member, n_classes) for member in config.members], name="ensemble")
+        return average_of([inference_model(member, n_classes) for member in config.members])
     if trained is not None and config.precision == "float32" and not config.crop and not config.flip_average:
         return trained
     keras.mixed_precision.set_global_policy("float32")
@@ -480,7 +480,7 @@ def train_ensemble(config: TrainConfig, members: list[TrainOutcome], work_dir: s
     if final.is_file():
         model = keras.saving.load_model(final, compile=False, safe_mode=True)
     else:
-        model = average_of([member.model for member in members], name="ensemble")
+        model = average_of([member.model for member in members])
         tmp = work / f".{FINAL_NAME}.tmp.keras"
         model.save(tmp)
         tmp.replace(final)

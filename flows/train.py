@@ -103,6 +103,12 @@ def fit_task(
     return outcome
 
 
+def evaluation_split(packed: PackedFaces) -> str:
+    """The split a training is scored on: test, else val, else train."""
+    counts = packed.counts()
+    return "test" if counts["test"] else "val" if counts["val"] else "train"
+
+
 @task(name="average-members", cache_policy=NO_CACHE)
 def ensemble_task(config: TrainConfig, members: list[TrainOutcome], work_dir: str) -> TrainOutcome:
     """One model averaging the trained members' probabilities (:func:`emotion_core.train.train_ensemble`)."""
@@ -111,13 +117,13 @@ def ensemble_task(config: TrainConfig, members: list[TrainOutcome], work_dir: st
 
 @task(name="score-member", cache_policy=NO_CACHE)
 def score_member_task(packed: PackedFaces, outcome: TrainOutcome, run_id: str) -> dict[str, float]:
-    """An ensemble member's accuracy and macro-F1 on the test split (the val split without one),
-    logged to its own run once."""
+    """An ensemble member's accuracy and macro-F1 on the split the ensemble is scored on
+    (:func:`evaluation_split`), logged to its own run once."""
     import mlflow
 
     from emotion_core.evaluate import compute_metrics, predict_probs
 
-    split = "test" if packed.counts()["test"] else "val" if packed.counts()["val"] else "train"
+    split = evaluation_split(packed)
     x_eval, y_eval = packed.part(split)
     metrics = compute_metrics(y_eval, predict_probs(outcome.model, x_eval).argmax(1), packed.labels)
     scores = {f"{split}_accuracy": metrics.accuracy, f"{split}_macro_f1": metrics.macro_f1}
@@ -197,7 +203,7 @@ def register_task(
     from modelstore import ModelLoadError, load_model
     from modelstore.runs import describe_version, log_model, log_report_files, promote, version_summary
 
-    split = "test" if packed.counts()["test"] else "val" if packed.counts()["val"] else "train"
+    split = evaluation_split(packed)
     x_eval, y_eval = packed.part(split)
     model = outcome.model
     metrics = compute_metrics(y_eval, predict_probs(model, x_eval).argmax(1), packed.labels)
