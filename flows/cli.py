@@ -19,12 +19,12 @@ from . import environment
 
 PRESET_HELP = "; ".join(f"{name} ({budget})" for name, budget in PRESET_BUDGETS.items())
 MODEL_HELP = (
-    f"Architecture (default: the preset's): {', '.join(BUILT_IN_MODELS)}. With cpu-long (an average of two "
-    "networks) it trains that one network alone with their recipe, in the whole budget."
+    f"Architecture (default: the preset's): {', '.join(BUILT_IN_MODELS)}. With cpu-long or cpu-pair (averages of "
+    "two networks) it trains that one network alone with their recipe, in the whole budget."
 )
 BUDGET_HELP = (
     "Minutes the whole command may take: the first epoch is timed and the schedule cut to the epochs "
-    "that fit (never more than the preset's or --epochs). Default: the preset's (cpu 60, cpu-long 240); "
+    "that fit (never more than the preset's or --epochs). Default: the preset's (cpu and cpu-pair 60, cpu-long 240); "
     "0: none. --epochs without it trains exactly those epochs."
 )
 COMMAND_STARTED = time.time()  # time budgets count from here: the command's start
