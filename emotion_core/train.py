@@ -186,7 +186,7 @@ PRESET_BUDGETS: dict[str, str] = {
     "do not fit (71 on an AMD EPYC with AVX512-BF16: 54.5 min end to end; ~37 estimated on one without bfloat16)",
     "cpu-long": "the average of vgg_wide and res_mid, each up to 300 epochs within half of 240 min, trained one "
     "after the other: on 2 cores of an Intel Xeon with AMX-BF16 ~40 s an epoch of vgg_wide and ~35 s of res_mid, "
-    "~175 and ~205 epochs (measured with halves of 115 min: 167 and 201 epochs, 111 and ~120 min)",
+    "~175 and ~205 epochs (measured with halves of 115 min: 167 and 201 epochs, 111 and 115 min end to end)",
     "cpu-pair": "the average of vgg_mid and res_mid, each up to 100 epochs within half of 60 min: FER2013 end to "
     "end in 58 min on 2 cores of an Intel Xeon with AMX-BF16 (54 and 48 epochs); measured below cpu on FER2013's "
     "public_test, kept to rerun that measurement",
