@@ -13,9 +13,11 @@
    every other registered model fed by this pipeline with the settings ``emotion train`` uses
    (op determinism on). Timing single steps avoids the tracing and warm-up that a short ``fit``
    mixes into its wall time.
-3. The ``cpu`` recipe's speed-ups, one at a time, on the default model and ``vgg_wide``: float32 on
-   whole 48 px faces (as above), ``mixed_bfloat16`` (what ``--precision auto`` picks on a CPU with
-   bfloat16 instructions), and bfloat16 on the 40 px training crops the presets train on.
+3. The ``cpu`` recipe's speed-ups, one at a time, on the default model, ``vgg_wide`` and ``res_mid``:
+   float32 on whole 48 px faces with Keras's own BatchNormalization, ``mixed_bfloat16`` (what
+   ``--precision auto`` picks on a CPU with bfloat16 instructions), bfloat16 on the 40 px training
+   crops the presets train on, and those with TensorFlow's fused batch norm as the training kernel
+   (``emotion_core.models.kernels``: what ``emotion train`` trains with). ``--recipe-only`` runs this part alone.
 """
 
 from __future__ import annotations
@@ -96,10 +98,12 @@ def seconds_per_epoch(model, data, steps: int) -> dict[str, float]:
     return {"s_per_step": step, "s_per_fer_epoch": step * math.ceil(FER_TRAIN / BATCH), "params": model.count_params()}
 
 
-def time_model(name: str, n: int, steps: int, precision: str = "float32", crop: int | None = None) -> dict[str, float]:
+def time_model(
+    name: str, n: int, steps: int, precision: str = "float32", crop: int | None = None, fused: bool = True
+) -> dict[str, float]:
     """Seconds per FER2013 epoch of one model: ``seed_cnn`` fed the seed's way, the others by this
     pipeline with op determinism on, built as ``emotion train`` builds them for ``precision`` and
-    ``crop``."""
+    ``crop`` (``fused`` False: with Keras's own batch norm in training)."""
     import tensorflow as tf
 
     from emotion_core.dataset import make_train_dataset, preprocess_face
@@ -116,24 +120,52 @@ def time_model(name: str, n: int, steps: int, precision: str = "float32", crop: 
         y = np.array([classes.index(c) for _, c in files], np.int32)
     tf.config.experimental.enable_op_determinism()
     data, _ = make_train_dataset(x, y, BATCH, seed=1, first_epoch=0, epochs=4, crop=crop)
-    model = training_model(TrainConfig(model=name, precision=precision, crop=crop), 7)
+    model = training_model(TrainConfig(model=name, precision=precision, crop=crop), 7, fused_batch_norm=fused)
     return seconds_per_epoch(model, data.repeat(), steps)
 
 
 def timed_in_fresh_process(
-    name: str, n: int, steps: int, precision: str = "float32", crop: int | None = None
+    name: str, n: int, steps: int, precision: str = "float32", crop: int | None = None, fused: bool = True
 ) -> dict[str, float]:
     """:func:`time_model` in a new process, so no model's timing inherits another's threads or memory."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(time_model, (name, n, steps, precision, crop))
+        return pool.apply(time_model, (name, n, steps, precision, crop, fused))
+
+
+def recipe_speedups(n: int, steps: int, models: tuple[str, ...]) -> dict:
+    """Part 3: seconds per FER2013 epoch of each model as the ``cpu`` recipe's speed-ups add up, one
+    at a time, from float32 whole faces with Keras's batch norm; ratios against that baseline."""
+    from emotion_core.train import auto_precision
+
+    recipe: dict = {"auto_precision_here": auto_precision()}
+    steps_of = {
+        "float32_48px_keras_bn": ("float32", None, False),
+        "bfloat16_48px_keras_bn": ("mixed_bfloat16", None, False),
+        "bfloat16_crop40_keras_bn": ("mixed_bfloat16", 40, False),
+        "bfloat16_crop40_fused_bn": ("mixed_bfloat16", 40, True),
+    }
+    for name in models:
+        seconds = {
+            what: timed_in_fresh_process(name, n, steps, precision, crop, fused)["s_per_fer_epoch"]
+            for what, (precision, crop, fused) in steps_of.items()
+        }
+        baseline = seconds["float32_48px_keras_bn"]
+        recipe[name] = {
+            "s_per_fer_epoch": seconds,
+            "speedup_vs_float32_48px_keras_bn": {what: baseline / s for what, s in seconds.items()},
+            "fused_bn_speedup": seconds["bfloat16_crop40_keras_bn"] / seconds["bfloat16_crop40_fused_bn"],
+        }
+        print(json.dumps({name: recipe[name]}, indent=2), flush=True)
+    return recipe
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2048, help="FER2013 training faces to sample")
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per model")
+    parser.add_argument("--recipe-only", action="store_true", help="only part 3: the cpu recipe's speed-ups")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     import keras
@@ -143,6 +175,12 @@ def main() -> None:
     from emotion_core.models import DEFAULT_MODEL, model_names
 
     result: dict = {"n": args.n, "batch": BATCH, "machine": f"{os.cpu_count()} cores"}
+    if args.recipe_only:
+        result["cpu_recipe_speedups"] = recipe_speedups(args.n, args.steps, (DEFAULT_MODEL, "vgg_wide", "res_mid"))
+        print(json.dumps(result, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         files = sample_tree(args.n, Path(tmp))
         classes = sorted({c for _, c in files})
@@ -183,21 +221,7 @@ def main() -> None:
     result["default_model"] = DEFAULT_MODEL
     print(json.dumps(result, indent=2), flush=True)
 
-    from emotion_core.train import auto_precision
-
-    recipe: dict = {"auto_precision_here": auto_precision()}
-    for name in (DEFAULT_MODEL, "vgg_wide"):
-        plain = epochs[name]["s_per_fer_epoch"]
-        bf16 = timed_in_fresh_process(name, args.n, args.steps, "mixed_bfloat16")
-        cropped = timed_in_fresh_process(name, args.n, args.steps, "mixed_bfloat16", 40)
-        recipe[name] = {
-            "float32_48px_s_per_fer_epoch": plain,
-            "bfloat16_48px_s_per_fer_epoch": bf16["s_per_fer_epoch"],
-            "bfloat16_crop40_s_per_fer_epoch": cropped["s_per_fer_epoch"],
-            "bfloat16_speedup": plain / bf16["s_per_fer_epoch"],
-            "bfloat16_crop40_speedup": plain / cropped["s_per_fer_epoch"],
-        }
-    result["cpu_recipe_speedups"] = recipe
+    result["cpu_recipe_speedups"] = recipe_speedups(args.n, args.steps, (DEFAULT_MODEL, "vgg_wide", "res_mid"))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -290,6 +290,69 @@ def test_crop_trained_bfloat16_model_infers_on_whole_faces_in_float32(tmp_path, 
     assert np.allclose(predict_probs(again.model, x_val), predict_probs(model, x_val), atol=1e-6)
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("channels", [24, 32])  # bfloat16: 24 goes through float32, 32 stays bfloat16
+def test_fused_batch_norm_trains_as_keras_batch_norm(policy, channels):
+    """The training kernel computes what Keras's BatchNormalization computes: outputs, gradients
+    of the input, scale and offset, and the moving statistics (the batch's biased variance)."""
+    import keras
+    import tensorflow as tf
+
+    from emotion_core.models.kernels import FusedBatchNormalization
+
+    shape = (8, 5, 6, channels)
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(1, 0.2, channels), rng.normal(0, 0.2, channels), rng.normal(0, 1, channels)]
+    weights = [w.astype("float32") for w in [*weights, rng.uniform(0.5, 2, channels)]]
+    upstream = tf.constant(rng.normal(size=shape).astype("float32"))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        x = tf.constant(rng.normal(2, 3, shape).astype("float32"))
+        x = tf.cast(x, keras.mixed_precision.global_policy().compute_dtype)
+        results = []
+        for layer in (keras.layers.BatchNormalization(momentum=0.9), FusedBatchNormalization(momentum=0.9)):
+            layer.build(shape)
+            layer.set_weights(weights)
+            inference = layer(x, training=False)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+            grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+            assert y.dtype == x.dtype
+            results.append([inference, y, *grads, layer.moving_mean, layer.moving_variance])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    keras_bn, fused = ([np.asarray(tf.cast(t, tf.float32)) for t in r] for r in results)
+    np.testing.assert_array_equal(keras_bn[0], fused[0])  # inference is Keras's own call
+    for ours, theirs in zip(fused[1:], keras_bn[1:], strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(keras_bn[-1], weights[3])  # the moving variance did move
+
+
+def test_networks_train_on_fused_kernels_and_are_saved_with_keras_layers(tmp_path):
+    import keras
+
+    from emotion_core.models.kernels import FusedBatchNormalization
+    from emotion_core.train import training_model
+
+    config = TrainConfig(model="res_mid", epochs=1, batch_size=32, patience=None, crop=40, flip_average=True)
+    plain = build_model("res_mid", None, 2)
+    fused = training_model(config.resolved(), 2)
+    assert [w.shape for w in fused.weights] == [w.shape for w in plain.weights]
+    for ours, theirs in zip(fused.layers, plain.layers, strict=True):
+        fused_bn = isinstance(theirs, keras.layers.BatchNormalization)
+        assert type(ours) is (FusedBatchNormalization if fused_bn else type(theirs))
+    outcome = train(packed_stripes(64, 32), config, tmp_path / "work")
+    saved = keras.saving.load_model(outcome.work_dir / "final.keras", compile=False, safe_mode=True)
+    saved_kinds = {
+        type(layer) for layer in saved._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    assert saved_kinds == {keras.layers.BatchNormalization}
+    x_val, _ = packed_stripes(64, 32).part("val")
+    np.testing.assert_allclose(predict_probs(saved, x_val), predict_probs(outcome.model, x_val), atol=1e-6)
+
+
 def test_keep_last_keeps_the_schedules_last_epoch_not_the_best(tmp_path):
     import keras
 
