@@ -170,7 +170,9 @@ PRESETS: dict[str, TrainConfig] = {
         replace(COSINE, model="vgg_wide", epochs=300), replace(COSINE, model="res_mid", epochs=300), budget_minutes=240
     ),
     "cpu-pair": ensemble(
-        replace(COSINE, epochs=CPU_EPOCHS), replace(COSINE, model="res_mid", epochs=CPU_EPOCHS), budget_minutes=60
+        replace(COSINE, model="vgg_wide", epochs=CPU_EPOCHS),
+        replace(COSINE, model="res_mid", epochs=CPU_EPOCHS),
+        budget_minutes=60,
     ),
     "gpu": replace(COSINE, model="vgg_wide", epochs=300, batch_size=128),
     "seed": TrainConfig(model="seed_cnn", epochs=15, batch_size=64, patience=15),
@@ -185,11 +187,11 @@ PRESET_BUDGETS: dict[str, str] = {
     "FER2013 end to end in 49-58 min on 2 cores of an Intel Xeon with AMX-BF16; fewer epochs where they "
     "do not fit (71 on an AMD EPYC with AVX512-BF16: 54.5 min end to end; ~37 estimated on one without bfloat16)",
     "cpu-long": "the average of vgg_wide and res_mid, each up to 300 epochs within half of 240 min, trained one "
-    "after the other: on 2 cores of an Intel Xeon with AMX-BF16 ~40 s an epoch of vgg_wide and ~35 s of res_mid, "
-    "~175 and ~205 epochs (measured with halves of 115 min: 167 and 201 epochs, 111 and 115 min end to end)",
-    "cpu-pair": "the average of vgg_mid and res_mid, each up to 100 epochs within half of 60 min: FER2013 end to "
-    "end in 58 min on 2 cores of an Intel Xeon with AMX-BF16 (54 and 48 epochs); measured below cpu on FER2013's "
-    "public_test, kept to rerun that measurement",
+    "after the other: on 2 cores of an Intel Xeon with AMX-BF16 ~23 s an epoch of each with the fused batch norm, "
+    "so about all 300 of each (estimated; measured before it, at ~40 and ~34 s an epoch, with halves of 115 min: "
+    "167 and 201 epochs, 111 and 115 min end to end)",
+    "cpu-pair": "the average of vgg_wide and res_mid (cpu-long's networks), each up to 100 epochs within half of "
+    "60 min: FER2013 end to end in 57 min on 2 cores of an Intel Xeon with AMX-BF16 (72 and 70 epochs)",
     "gpu": "300 epochs of vgg_wide, batch 128: not yet measured on a GPU",
     "seed": "the seed's network and schedule: ~4.7 h for FER2013 on 2 cores",
     "demo": "20 epochs, for the generated demo faces",

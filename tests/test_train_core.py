@@ -657,8 +657,8 @@ def test_an_ensemble_preset_resolves_its_members_and_is_keyed_by_them():
     assert describe_members(long) == "vgg_wide (300 epochs), res_mid (300 epochs)"
     assert [m.budget_minutes for m in members_in_budget(long)] == [120, 120]
     assert [m.budget_minutes for m in members_in_budget(replace(long, budget_minutes=None))] == [None, None]
-    # cpu-pair: the cpu preset's recipe for two networks, each within half of its hour
-    halves = [replace(m, budget_minutes=30) for m in (PRESETS["cpu"], replace(PRESETS["cpu"], model="res_mid"))]
+    # cpu-pair: cpu-long's two networks in the cpu preset's recipe, each within half of its hour
+    halves = [replace(PRESETS["cpu"], model=m, budget_minutes=30) for m in ("vgg_wide", "res_mid")]
     assert members_in_budget(PRESETS["cpu-pair"]) == halves and PRESETS["cpu-pair"].budget_minutes == 60
     one, two = replace(PRESETS["smoke"], model="vgg_lite"), replace(PRESETS["smoke"], model="vgg_small")
     pair = ensemble(one, two)
