@@ -184,8 +184,8 @@ PRESETS: dict[str, TrainConfig] = {
 #: --face-mode whole`, 2 cores unless said otherwise. The CLI's help and the README quote these.
 PRESET_BUDGETS: dict[str, str] = {
     "cpu": "up to 100 epochs of vgg_mid on 40 px crops, bfloat16, within 60 min for the whole command: "
-    "FER2013 end to end in 49-58 min on 2 cores of an Intel Xeon with AMX-BF16; fewer epochs where they "
-    "do not fit (71 on an AMD EPYC with AVX512-BF16: 54.5 min end to end; ~37 estimated on one without bfloat16)",
+    "FER2013 end to end in 39 min on 2 cores of an Intel Xeon with AMX-BF16; fewer epochs where they do not "
+    "fit (before the fused batch norm: 71 on an AMD EPYC with AVX512-BF16, ~37 estimated on one without bfloat16)",
     "cpu-long": "the average of vgg_wide and res_mid, each up to 300 epochs within half of 240 min, trained one "
     "after the other: on 2 cores of an Intel Xeon with AMX-BF16 ~23 s an epoch of each with the fused batch norm, "
     "so about all 300 of each (estimated; measured before it, at ~40 and ~34 s an epoch, with halves of 115 min: "
