@@ -4,8 +4,9 @@ other TensorFlow ops while a network trains.
 Keras 3 computes a BatchNormalization training step as about ten element-wise ops in float32 (moments,
 normalisation, their gradients, casts). TensorFlow's fused batch-norm op does the same in one op each
 way (oneDNN on CPUs, in bfloat16 where the channel count suits its kernels): measured on 2 cores of an
-Intel Xeon with AMX-BF16, a ``vgg_mid`` training step (batch 64, 40 px crops, bfloat16) took 57 ms
-instead of 82, ``res_mid``'s 65 instead of 94 (README, "Performance"). Networks are built and saved
+Intel Xeon with AMX-BF16, a training step (batch 64, 40 px crops, bfloat16) took 56 ms instead of 80
+for ``vgg_mid``, 54 instead of 101 for ``vgg_wide``, 62 instead of 95 for ``res_mid`` (README, "Training
+and MLflow"). Networks are built and saved
 with Keras's own layers; :func:`with_training_kernels` gives the copy that trains, with the same weights.
 """
 
