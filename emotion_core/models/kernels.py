@@ -6,15 +6,17 @@ normalisation, their gradients, casts). TensorFlow's fused batch-norm op does th
 way (oneDNN on CPUs, in bfloat16 where the channel count suits its kernels): measured on 2 cores of an
 Intel Xeon with AMX-BF16, a training step (batch 64, 40 px crops, bfloat16) took 56 ms instead of 80
 for ``vgg_mid``, 54 instead of 101 for ``vgg_wide``, 62 instead of 95 for ``res_mid`` (README, "Training
-and MLflow"). Networks are built and saved
-with Keras's own layers; :func:`with_training_kernels` gives the copy that trains, with the same weights.
+and MLflow"). Networks are built and saved with Keras's own layers; :func:`with_training_kernels` gives
+the copy that trains, with the same weights.
 """
 
 from __future__ import annotations
 
 import keras
 
-_FUSED_BFLOAT16_CHANNELS = 16  # oneDNN's bfloat16 batch norm is fast for multiples of 16 channels (24: 20x slower)
+#: oneDNN's bfloat16 batch norm is fast for multiples of 16 channels; at 24 (vgg_mid's first layer) it
+#: measured ~8x slower than the float32 one, which those layers use instead.
+_FUSED_BFLOAT16_CHANNELS = 16
 
 
 @keras.saving.register_keras_serializable(package="emotion_core")
@@ -27,9 +29,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         import tensorflow as tf
 
-        if not (training and self.trainable) or mask is not None or self.renorm or len(inputs.shape) != 4:
-            return super().call(inputs, training=training, mask=mask)
-        if self.axis not in (3, -1, [3], [-1]):
+        nhwc = len(inputs.shape) == 4 and self.axis in (3, -1, [3], [-1])
+        if not (training and self.trainable and nhwc) or mask is not None or self.renorm:
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         native = inputs.dtype == tf.float32 or channels % _FUSED_BFLOAT16_CHANNELS == 0
