@@ -184,8 +184,8 @@ PRESETS: dict[str, TrainConfig] = {
 #: --face-mode whole`, 2 cores unless said otherwise. The CLI's help and the README quote these.
 PRESET_BUDGETS: dict[str, str] = {
     "cpu": "up to 100 epochs of vgg_mid on 40 px crops, bfloat16, within 60 min for the whole command: "
-    "FER2013 end to end in 39 min on 2 cores of an Intel Xeon with AMX-BF16; fewer epochs where they do not "
-    "fit (before the fused batch norm: 71 on an AMD EPYC with AVX512-BF16, ~37 estimated on one without bfloat16)",
+    "FER2013 end to end in 39 min on 2 cores of an Intel Xeon with AMX-BF16, 56 min on an AMD EPYC with "
+    "AVX512-BF16; fewer epochs where they do not fit (~37 estimated on a CPU without bfloat16)",
     "cpu-long": "the average of vgg_wide and res_mid, each up to 300 epochs within half of 240 min, trained one "
     "after the other: on 2 cores of an Intel Xeon with AMX-BF16 ~23 s an epoch of each with the fused batch norm, "
     "so about all 300 of each (estimated; measured before it, at ~40 and ~34 s an epoch, with halves of 115 min: "
@@ -396,7 +396,8 @@ def training_model(config: TrainConfig, n_classes: int, fused_batch_norm: bool =
     """The network as it trains: in ``config.precision``, taking any face size when it trains on
     crops (and validates on whole faces), its batch norms on TensorFlow's fused kernel unless
     ``fused_batch_norm`` is False (:func:`~emotion_core.models.kernels.with_training_kernels`: the
-    same maths, 1.4-1.9x a training step on 2 cores)."""
+    same maths, 1.4-1.9x a training step on 2 cores of an Intel Xeon with AMX-BF16, 1.0-1.4x on an
+    AMD EPYC with AVX512-BF16)."""
     import keras
 
     from .models.kernels import with_training_kernels
