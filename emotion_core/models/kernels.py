@@ -30,7 +30,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         import tensorflow as tf
 
-        nhwc = len(inputs.shape) == 4 and self.axis in (3, -1, [3], [-1])
+        nhwc = len(inputs.shape) == 4 and self.axis in (3, -1)  # Keras keeps the axis an int
         if not (training and self.trainable and nhwc) or mask is not None or self.renorm:
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
