@@ -18,7 +18,15 @@ import numpy as np
 from .budget import TimeBudget, epoch_planner, read_plan
 from .dataset import PackedFaces, class_weights, make_tf_dataset, make_train_dataset
 from .imageio import atomic_write
-from .models import DEFAULT_MODEL, architecture_fingerprint, average_of, build_model, model_spec, with_flip_average
+from .models import (
+    DEFAULT_MODEL,
+    architecture_fingerprint,
+    average_of,
+    build_model,
+    model_spec,
+    with_flip_average,
+    with_standardized_faces,
+)
 
 FINAL_NAME = "final.keras"
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -58,6 +66,7 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam", or "sgd": SGD with Nesterov momentum 0.9
     mixup: float = 0.0  # alpha of mixup's Beta distribution (0: off): batches blended with themselves shuffled
     augment: float = 1.0  # scale of the training warp's ranges (1: shift 10%, rotate 18 deg, zoom 10%; 0: flips only)
+    standardize: bool = False  # the network standardizes each face's own brightness and contrast (saved with it)
     members: tuple[TrainConfig, ...] = ()  # an ensemble (see ensemble()): its own fields but these are unused
 
     def resolved(self) -> TrainConfig:
@@ -152,6 +161,7 @@ KEY_STABLE_DEFAULTS = {
     "optimizer": "adam",
     "mixup": 0.0,
     "augment": 1.0,
+    "standardize": False,
     "members": (),
 }
 
@@ -405,6 +415,7 @@ def training_model(config: TrainConfig, n_classes: int, fused_batch_norm: bool =
     keras.mixed_precision.set_global_policy(config.precision)
     try:
         net = build_model(config.model, None if config.crop else config.input_size, n_classes)
+        net = with_standardized_faces(net) if config.standardize else net
         return with_training_kernels(net) if fused_batch_norm else net
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -420,6 +431,8 @@ def inference_model(config: TrainConfig, n_classes: int, trained=None):
         return average_of([inference_model(member, n_classes) for member in config.members])
     keras.mixed_precision.set_global_policy("float32")
     model = build_model(config.model, config.input_size, n_classes)
+    if config.standardize:
+        model = with_standardized_faces(model)
     if trained is not None:
         model.set_weights(trained.get_weights())
     if config.flip_average:

@@ -290,6 +290,36 @@ def test_crop_trained_bfloat16_model_infers_on_whole_faces_in_float32(tmp_path, 
     assert np.allclose(predict_probs(again.model, x_val), predict_probs(model, x_val), atol=1e-6)
 
 
+def test_standardized_faces_are_seen_at_one_brightness_and_contrast(tmp_path):
+    """``standardize``: the network divides each face's own contrast out (minus its mean, over its
+    standard deviation), so a darker, flatter copy of a face gets the same probabilities; it trains
+    in the presets' recipe (crops, bfloat16, fused batch norm) and saves with Keras's own layers."""
+    import keras
+
+    packed = packed_stripes()
+    config = TrainConfig(
+        epochs=4, batch_size=32, patience=None, label_smoothing=0.1, crop=40, precision="mixed_bfloat16",
+        flip_average=True, standardize=True,
+    )  # fmt: skip
+    outcome = train(packed, config, tmp_path / "work")
+    x_val, y_val = packed.part("val")
+    probs = predict_probs(outcome.model, x_val)
+    assert (probs.argmax(1) == y_val).mean() > 0.8, outcome.history
+    faces = x_val.astype(np.float32)  # pixels as a camera gives them, unclipped
+    brighter, flatter = faces + 40, faces * 0.5 + 64
+    np.testing.assert_allclose(predict_probs(outcome.model, brighter), probs, atol=1e-4)
+    # contrast is divided out down to the epsilon's floor (~5 grey levels of standard deviation)
+    flatter_change = np.abs(predict_probs(outcome.model, flatter) - probs).max()
+    plain = train(packed, replace(config, standardize=False), tmp_path / "plain").model
+    plain_probs = predict_probs(plain, faces)
+    for other in (brighter, flatter):
+        assert np.abs(predict_probs(plain, other) - plain_probs).max() > 10 * max(flatter_change, 1e-3)
+    saved = keras.saving.load_model(outcome.work_dir / "final.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(predict_probs(saved, x_val), probs, atol=1e-6)
+    assert TrainConfig(epochs=3).key("k") == TrainConfig(epochs=3, standardize=False).key("k")
+    assert TrainConfig(epochs=3).key("k") != TrainConfig(epochs=3, standardize=True).key("k")
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("channels", [24, 32])  # bfloat16: 24 goes through float32, 32 stays bfloat16
 def test_fused_batch_norm_trains_as_keras_batch_norm(policy, channels):

@@ -136,3 +136,38 @@ def average_of(nets: list, name: str = "ensemble"):
     ]
     outputs = keras.layers.Average(name="ensemble_average")([member(inputs) for member in members])
     return keras.Model(inputs, outputs, name=name)
+
+
+#: The variance (in squared 0-1 pixel units, ~5 grey levels of standard deviation) below which
+#: :func:`with_standardized_faces` stops stretching a face's contrast: a flat crop is not amplified into noise.
+STANDARDIZE_EPSILON = 4e-4
+
+
+def with_standardized_faces(net):
+    """A copy of ``net`` (same layer names and weights) whose ``rescale`` layer also standardizes
+    each face: minus its own mean pixel, over its own standard deviation (per-image contrast
+    normalization, in float32), so the network sees every face at one brightness and contrast.
+    Built from Keras's own layers (``Rescaling`` then a ``LayerNormalization`` over height, width and
+    channel, without learned scale or offset), so the saved model loads with ``safe_mode``."""
+    import keras
+    from keras import layers
+
+    if "rescale" not in [layer.name for layer in net.layers]:
+        raise ValueError(f"{net.name} has no 'rescale' layer to standardize its faces after")
+
+    def standardize(layer):
+        if layer.name != "rescale":
+            return layer.__class__.from_config(layer.get_config())
+        return keras.Sequential(
+            [
+                layers.Rescaling(1.0 / 255),
+                layers.LayerNormalization(
+                    axis=[1, 2, 3], epsilon=STANDARDIZE_EPSILON, center=False, scale=False, dtype="float32"
+                ),
+            ],
+            name="rescale_standardize",
+        )
+
+    copy = keras.models.clone_model(net, clone_function=standardize)
+    copy.set_weights(net.get_weights())
+    return copy
