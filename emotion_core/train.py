@@ -66,7 +66,7 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam", or "sgd": SGD with Nesterov momentum 0.9
     mixup: float = 0.0  # alpha of mixup's Beta distribution (0: off): batches blended with themselves shuffled
     augment: float = 1.0  # scale of the training warp's ranges (1: shift 10%, rotate 18 deg, zoom 10%; 0: flips only)
-    standardize: bool = False  # the network standardizes each face's own brightness and contrast (saved with it)
+    standardize: bool = False  # the network divides out each face's own brightness and contrast (saved with it)
     members: tuple[TrainConfig, ...] = ()  # an ensemble (see ensemble()): its own fields but these are unused
 
     def resolved(self) -> TrainConfig:

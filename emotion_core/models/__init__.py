@@ -148,7 +148,8 @@ def with_standardized_faces(net):
     each face: minus its own mean pixel, over its own standard deviation (per-image contrast
     normalization, in float32), so the network sees every face at one brightness and contrast.
     Built from Keras's own layers (``Rescaling`` then a ``LayerNormalization`` over height, width and
-    channel, without learned scale or offset), so the saved model loads with ``safe_mode``."""
+    channel, without learned scale or offset), so the saved model loads with ``safe_mode``. README run
+    AC: 0.6 points under the plain network on FER2013's public_test, so off in every preset."""
     import keras
     from keras import layers
 
