@@ -402,6 +402,12 @@ def _weighted_targets(dataset, weights: dict[int, float] | None):
     )
 
 
+def _network(config: TrainConfig, input_size: int | None, n_classes: int):
+    """``config.model`` built for ``input_size``, standardizing each face when ``config.standardize``."""
+    net = build_model(config.model, input_size, n_classes)
+    return with_standardized_faces(net) if config.standardize else net
+
+
 def training_model(config: TrainConfig, n_classes: int, fused_batch_norm: bool = True):
     """The network as it trains: in ``config.precision``, taking any face size when it trains on
     crops (and validates on whole faces), its batch norms on TensorFlow's fused kernel unless
@@ -414,8 +420,7 @@ def training_model(config: TrainConfig, n_classes: int, fused_batch_norm: bool =
 
     keras.mixed_precision.set_global_policy(config.precision)
     try:
-        net = build_model(config.model, None if config.crop else config.input_size, n_classes)
-        net = with_standardized_faces(net) if config.standardize else net
+        net = _network(config, None if config.crop else config.input_size, n_classes)
         return with_training_kernels(net) if fused_batch_norm else net
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -430,9 +435,7 @@ def inference_model(config: TrainConfig, n_classes: int, trained=None):
     if config.members:
         return average_of([inference_model(member, n_classes) for member in config.members])
     keras.mixed_precision.set_global_policy("float32")
-    model = build_model(config.model, config.input_size, n_classes)
-    if config.standardize:
-        model = with_standardized_faces(model)
+    model = _network(config, config.input_size, n_classes)
     if trained is not None:
         model.set_weights(trained.get_weights())
     if config.flip_average:

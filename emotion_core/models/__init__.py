@@ -158,7 +158,7 @@ def with_standardized_faces(net):
 
     def standardize(layer):
         if layer.name != "rescale":
-            return layer.__class__.from_config(layer.get_config())
+            return None
         return keras.Sequential(
             [
                 layers.Rescaling(1.0 / 255),
@@ -169,6 +169,18 @@ def with_standardized_faces(net):
             name="rescale_standardize",
         )
 
-    copy = keras.models.clone_model(net, clone_function=standardize)
+    return clone_replacing(net, standardize)
+
+
+def clone_replacing(net, replacement: Callable):
+    """A copy of the functional ``net`` with its weights: each layer rebuilt from its configuration,
+    or swapped for ``replacement(layer)`` where that returns a layer (one with the same weights, or none)."""
+    import keras
+
+    def clone(layer):
+        swapped = replacement(layer)
+        return layer.__class__.from_config(layer.get_config()) if swapped is None else swapped
+
+    copy = keras.models.clone_model(net, clone_function=clone)
     copy.set_weights(net.get_weights())
     return copy

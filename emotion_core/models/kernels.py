@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import keras
 
+from . import clone_replacing
+
 #: oneDNN's bfloat16 batch norm is fast for multiples of 16 channels; at 24 (vgg_mid's first layer) it
 #: measured ~8x slower than the float32 one, which those layers use instead.
 _FUSED_BFLOAT16_CHANNELS = 16
@@ -63,8 +65,6 @@ def with_training_kernels(net: keras.Model) -> keras.Model:
     def fused(layer):
         if type(layer) is keras.layers.BatchNormalization:
             return FusedBatchNormalization.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
+        return None
 
-    copy = keras.models.clone_model(net, clone_function=fused)
-    copy.set_weights(net.get_weights())
-    return copy
+    return clone_replacing(net, fused)
