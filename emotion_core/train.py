@@ -201,7 +201,8 @@ PRESET_BUDGETS: dict[str, str] = {
     "so about all 300 of each (estimated; measured before it, at ~40 and ~34 s an epoch, with halves of 115 min: "
     "167 and 201 epochs, 111 and 115 min end to end)",
     "cpu-pair": "the average of vgg_wide and res_mid (cpu-long's networks), each up to 100 epochs within half of "
-    "60 min: FER2013 end to end in 57 min on 2 cores of an Intel Xeon with AMX-BF16 (72 and 70 epochs)",
+    "60 min: FER2013 end to end in 57 min on 2 cores of an Intel Xeon with AMX-BF16 (72 and 70 epochs), 58 min "
+    "on an AMD EPYC with AVX512-BF16 (46 and 41 epochs: there it scores below cpu)",
     "gpu": "300 epochs of vgg_wide, batch 128: not yet measured on a GPU",
     "seed": "the seed's network and schedule: ~4.7 h for FER2013 on 2 cores",
     "demo": "20 epochs, for the generated demo faces",
