@@ -43,7 +43,7 @@ params:
   batch_size: {choices: [32, 64, 128]}
   label_smoothing: {low: 0.0, high: 0.2}
   weight_decay: {choices: [0.0, 0.01, 0.05]}
-  crop: {choices: [36, 40, 44]}
+  crop: {choices: [32, 40, 48]}
   class_weight_power: {low: 0.0, high: 1.0}
 enqueue:
   - {}                      # the preset itself (with epochs 30) first: the baseline
