@@ -99,11 +99,10 @@ class TrainConfig:
             raise ValueError(f"erase must be a share between 0 and 1, got {resolved.erase}")
         if resolved.crop is not None and not 8 <= resolved.crop <= resolved.input_size:
             raise ValueError(f"crop must be between 8 and the input size {resolved.input_size}, got {resolved.crop}")
-        if resolved.crop is not None and (resolved.input_size - resolved.crop) % POOLING_STRIDE:
+        if resolved.crop is not None and (resolved.input_size - resolved.crop) % spec.stride:
             raise ValueError(
-                f"crop must differ from the input size {resolved.input_size} by a multiple of {POOLING_STRIDE}, "
-                f"got {resolved.crop}: the network's pooling then floors crops and whole faces alike "
-                "(trained on 36 px crops, vgg_mid scored 0.52 on whole 48 px faces, 0.66 on their centre 44 px)"
+                f"crop must differ from the input size {resolved.input_size} by a multiple of {resolved.model}'s "
+                f"stride {spec.stride}, got {resolved.crop}: only then do its poolings floor crops and faces alike"
             )
         return resolved
 
@@ -172,11 +171,6 @@ KEY_STABLE_DEFAULTS = {
 }
 
 CPU_EPOCHS = 100
-
-#: The total stride of the networks' pooling (three halvings). A training crop must differ from the
-#: input size by a multiple of it: run AF's `vgg_mid`, trained on 36 px crops of 48 px faces, scored
-#: 0.52 on public_test's whole faces and 0.66 on their centre 36 or 44 px, 0.50 on their centre 40 px.
-POOLING_STRIDE = 8
 
 #: The recipe of the cosine presets: the schedule runs to its end (no early stopping: its last,
 #: low-rate epochs are where it gains most) and its last epoch is kept (picking the best of many

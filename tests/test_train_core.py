@@ -421,7 +421,7 @@ def test_auto_precision_follows_the_cpus_bfloat16_instructions(tmp_path):
         TrainConfig(precision="float16").resolved()
     with pytest.raises(ValueError, match="crop"):
         TrainConfig(crop=64).resolved()
-    with pytest.raises(ValueError, match="multiple of 8"):  # 36 px crops of 48 px faces: the pooling floors differ
+    with pytest.raises(ValueError, match="multiple of vgg_mid's stride 8"):  # 36 px crops of 48 px faces (run AF)
         TrainConfig(crop=36).resolved()
     assert TrainConfig(crop=32).resolved().crop == 32 and TrainConfig(crop=48).resolved().crop == 48
     with pytest.raises(ValueError, match="keep"):
