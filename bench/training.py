@@ -18,6 +18,12 @@
    ``--precision auto`` picks on a CPU with bfloat16 instructions), bfloat16 on the 40 px training
    crops the presets train on, and those with TensorFlow's fused batch norm as the training kernel
    (``emotion_core.models.kernels``: what ``emotion train`` trains with). ``--recipe-only`` runs this part alone.
+4. How close the ``cpu`` recipe runs to the machine (``--roofline``, run alone): each network's
+   multiply-adds per 40 px face (its convolutions and dense layers), the training FLOPs they imply
+   (forward and backward, ~3x the forward's 2 FLOPs a multiply-add), the FLOP rate its recipe step
+   reaches, and that rate as a share of a large dense matmul's on the same cores in the same run
+   (2048x2048, bfloat16 and float32). A share near one means faster kernels cannot buy many more
+   epochs in the hour; only less arithmetic can.
 """
 
 from __future__ import annotations
@@ -124,14 +130,19 @@ def time_model(
     return seconds_per_epoch(model, data.repeat(), steps)
 
 
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a new process (spawn), so it inherits no other timing's threads or memory."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
 def timed_in_fresh_process(
     name: str, n: int, steps: int, precision: str = "float32", crop: int | None = None, fused: bool = True
 ) -> dict[str, float]:
     """:func:`time_model` in a new process, so no model's timing inherits another's threads or memory."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(time_model, (name, n, steps, precision, crop, fused))
+    return in_fresh_process(time_model, name, n, steps, precision, crop, fused)
 
 
 def recipe_speedups(n: int, steps: int, models: tuple[str, ...]) -> dict:
@@ -161,11 +172,70 @@ def recipe_speedups(n: int, steps: int, models: tuple[str, ...]) -> dict:
     return recipe
 
 
+def forward_multiply_adds(net) -> int:
+    """Multiply-adds of one face through ``net``'s convolutions and dense layers (the rest, pools,
+    norms and activations, is element-wise and small)."""
+    import keras
+
+    total = 0
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            height, width, filters = layer.output.shape[1:]
+            total += height * width * filters * math.prod(layer.kernel.shape[:3])
+        elif isinstance(layer, keras.layers.Dense):
+            total += math.prod(layer.kernel.shape)
+    return total
+
+
+def matmul_gflops(dtype: str, size: int = 2048, repeats: int = 10) -> float:
+    """The best of three timings of ``repeats`` traced ``size``-square matmuls, in GFLOP/s."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal((size, size), seed=1), dtype)
+    matmul = tf.function(tf.matmul)
+    matmul(a, a).numpy()
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = matmul(a, a)
+        out.numpy()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * size**3 / best / 1e9
+
+
+def roofline(n: int, steps: int, models: tuple[str, ...], crop: int = 40) -> dict:
+    """Part 4: each network's training FLOPs per face at ``crop`` px, the rate its ``cpu`` recipe step
+    reaches, and that rate's share of a dense matmul's on the same cores, measured in this run."""
+    from emotion_core.models import build_model
+    from emotion_core.train import auto_precision
+
+    precision = auto_precision()
+    peak = {dtype: in_fresh_process(matmul_gflops, dtype) for dtype in ("bfloat16", "float32")}
+    result: dict = {"precision": precision, "crop": crop, "matmul_gflops": peak, "models": {}}
+    matmul = peak["bfloat16" if precision == "mixed_bfloat16" else "float32"]
+    for name in models:
+        macs = forward_multiply_adds(build_model(name, crop, 7))
+        step = timed_in_fresh_process(name, n, steps, precision, crop)["s_per_step"]
+        flops = 6 * macs  # forward 2 FLOPs a multiply-add; the backward pass about twice the forward
+        achieved = flops * BATCH / step / 1e9
+        result["models"][name] = {
+            "forward_mmacs_per_face": macs / 1e6,
+            "training_mflops_per_face": flops / 1e6,
+            "s_per_step": step,
+            "achieved_gflops": achieved,
+            "share_of_matmul": achieved / matmul,
+        }
+        print(json.dumps({name: result["models"][name]}, indent=2), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2048, help="FER2013 training faces to sample")
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per model")
     parser.add_argument("--recipe-only", action="store_true", help="only part 3: the cpu recipe's speed-ups")
+    parser.add_argument("--roofline", action="store_true", help="only part 4: FLOP rates against a matmul's")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     import keras
@@ -175,8 +245,12 @@ def main() -> None:
     from emotion_core.models import DEFAULT_MODEL, model_names
 
     result: dict = {"n": args.n, "batch": BATCH, "machine": f"{os.cpu_count()} cores"}
-    if args.recipe_only:
-        result["cpu_recipe_speedups"] = recipe_speedups(args.n, args.steps, (DEFAULT_MODEL, "vgg_wide", "res_mid"))
+    if args.recipe_only or args.roofline:
+        recipe_models = (DEFAULT_MODEL, "vgg_wide", "res_mid")
+        if args.recipe_only:
+            result["cpu_recipe_speedups"] = recipe_speedups(args.n, args.steps, recipe_models)
+        if args.roofline:
+            result["roofline"] = roofline(args.n, args.steps, recipe_models)
         print(json.dumps(result, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
